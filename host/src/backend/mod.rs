@@ -1,0 +1,116 @@
+//! Backends: where the capabilities' effects land.
+//!
+//! A capability (see [`crate::capability`]) checks what a plugin asks for;
+//! a backend carries it out. Backends of one capability sit side by side and
+//! report failures as one domain error, [`BackendError`], which the
+//! capability layer turns into the WIT `error` variant.
+//!
+//! - [`memory`]: in-memory cache and graph, for `switchyard test`, the test
+//!   harness and `memory://` URLs. The cache selects keys exactly as Valkey.
+//! - [`valkey`]: Valkey/Redis over the `redis` crate.
+//! - [`neo4j`]: Neo4j over Bolt with `neo4rs`.
+
+pub mod memory;
+pub mod neo4j;
+pub mod valkey;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::bindings::graph::Value;
+
+/// Why a backend call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BackendError {
+    /// The server could not be reached, or did not answer in time.
+    #[error("{backend} unavailable: {detail}")]
+    Unavailable { backend: &'static str, detail: String },
+    /// The request was malformed.
+    #[error("invalid request to {backend}: {detail}")]
+    Invalid { backend: &'static str, detail: String },
+    /// The server refused or failed the request.
+    #[error("{backend} error: {detail}")]
+    Other { backend: &'static str, detail: String },
+}
+
+/// One step of a cursor-driven scan.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ScanPage {
+    /// Where the next step starts; 0 when the scan is complete.
+    pub cursor: u64,
+    /// Keys matching the pattern among those this step visited.
+    pub keys: Vec<String>,
+}
+
+/// A key-value cache with Valkey `SCAN` and `UNLINK` semantics.
+#[async_trait]
+pub trait CacheBackend: Send + Sync + 'static {
+    /// Human-readable name for logs and errors, e.g. `valkey` or `memory`.
+    fn kind(&self) -> &'static str;
+
+    /// One `SCAN cursor MATCH pattern COUNT count` step.
+    async fn scan(&self, pattern: &str, cursor: u64, count: u32) -> Result<ScanPage, BackendError>;
+
+    /// `UNLINK keys...`: how many of them existed.
+    async fn delete(&self, keys: &[String]) -> Result<u64, BackendError>;
+
+    /// Whether the backend answers right now.
+    async fn ping(&self) -> Result<(), BackendError>;
+}
+
+/// A node's identity: its label and its `id` property.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeKey {
+    pub label: String,
+    pub id: String,
+}
+
+/// A property graph with Neo4j `MERGE` semantics.
+///
+/// Labels, relation kinds and property keys reaching a backend have already
+/// been validated as identifiers by the graph capability.
+#[async_trait]
+pub trait GraphBackend: Send + Sync + 'static {
+    /// Human-readable name for logs and errors, e.g. `neo4j` or `memory`.
+    fn kind(&self) -> &'static str;
+
+    /// `MERGE (n:label {id}) SET n += properties`.
+    async fn upsert_entity(
+        &self,
+        node: &NodeKey,
+        properties: &[(String, Value)],
+    ) -> Result<(), BackendError>;
+
+    /// `MERGE` both nodes, then `MERGE (a)-[r:kind]->(b) SET r += properties`.
+    async fn upsert_relation(
+        &self,
+        source: &NodeKey,
+        kind: &str,
+        target: &NodeKey,
+        properties: &[(String, Value)],
+    ) -> Result<(), BackendError>;
+
+    /// Whether the backend answers right now.
+    async fn ping(&self) -> Result<(), BackendError>;
+}
+
+/// The backends one handler's capabilities use.
+#[derive(Clone)]
+pub struct Backends {
+    pub cache: Arc<dyn CacheBackend>,
+    pub graph: Arc<dyn GraphBackend>,
+}
+
+impl Backends {
+    /// Fresh in-memory backends.
+    pub fn in_memory() -> (Self, memory::MemoryCache, memory::MemoryGraph) {
+        let cache = memory::MemoryCache::default();
+        let graph = memory::MemoryGraph::default();
+        let backends = Backends {
+            cache: Arc::new(cache.clone()),
+            graph: Arc::new(graph.clone()),
+        };
+        (backends, cache, graph)
+    }
+}

@@ -1,0 +1,188 @@
+//! Neo4j graph backend over Bolt with `neo4rs`.
+//!
+//! Every write is `MERGE` on `(label {id})` followed by `SET += $props`,
+//! with all values passed as parameters. Labels and relation kinds cannot
+//! be parameters in Cypher, so they are spliced only after passing
+//! [`check_identifier`] (again, even though the capability checked them).
+//! The first write to a label creates a uniqueness constraint on `id`,
+//! which is what makes concurrent `MERGE`s of one id produce one node.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use neo4rs::{BoltList, BoltNull, BoltType, ConfigBuilder, Graph, query};
+
+use super::{BackendError, GraphBackend, NodeKey};
+use crate::bindings::graph::Value;
+use crate::capability::graph::check_identifier;
+
+const BACKEND: &str = "neo4j";
+
+/// How long one query may take before the call reports `unavailable`.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A Neo4j server.
+pub struct Neo4jGraph {
+    graph: Graph,
+    constrained: Mutex<HashSet<String>>,
+}
+
+impl Neo4jGraph {
+    /// Connects to `url` (`bolt://host:port`) and checks it answers.
+    pub async fn connect(url: &str, user: &str, password: &str) -> Result<Self, BackendError> {
+        let config = ConfigBuilder::default()
+            .uri(url)
+            .user(user)
+            .password(password)
+            .max_connections(16)
+            .build()
+            .map_err(|e| BackendError::Invalid {
+                backend: BACKEND,
+                detail: format!("bad configuration for {url:?}: {e}"),
+            })?;
+        let graph = timed(Graph::connect(config)).await?;
+        let backend = Neo4jGraph {
+            graph,
+            constrained: Mutex::new(HashSet::new()),
+        };
+        backend.ping().await?;
+        Ok(backend)
+    }
+
+    async fn ensure_constraint(&self, label: &str) -> Result<(), BackendError> {
+        if lock(&self.constrained).contains(label) {
+            return Ok(());
+        }
+        checked(label)?;
+        let name = format!("switchyard_{label}_id");
+        let cypher = format!("CREATE CONSTRAINT `{name}` IF NOT EXISTS FOR (n:`{label}`) REQUIRE n.id IS UNIQUE");
+        timed(self.graph.run(query(&cypher))).await?;
+        lock(&self.constrained).insert(label.to_string());
+        Ok(())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn checked(name: &str) -> Result<&str, BackendError> {
+    check_identifier("identifier", name).map_err(|detail| BackendError::Invalid {
+        backend: BACKEND,
+        detail,
+    })?;
+    Ok(name)
+}
+
+async fn timed<T>(
+    operation: impl std::future::Future<Output = Result<T, neo4rs::Error>>,
+) -> Result<T, BackendError> {
+    match tokio::time::timeout(QUERY_TIMEOUT, operation).await {
+        Ok(result) => result.map_err(classify),
+        Err(_) => Err(BackendError::Unavailable {
+            backend: BACKEND,
+            detail: format!("no answer within {QUERY_TIMEOUT:?}"),
+        }),
+    }
+}
+
+fn classify(error: neo4rs::Error) -> BackendError {
+    use neo4rs::Error as E;
+    let detail = error.to_string();
+    match &error {
+        E::IOError { .. } | E::ConnectionError => BackendError::Unavailable {
+            backend: BACKEND,
+            detail,
+        },
+        E::Neo4j(e) if matches!(e.kind(), neo4rs::Neo4jErrorKind::Transient) => {
+            BackendError::Unavailable {
+                backend: BACKEND,
+                detail,
+            }
+        }
+        E::Neo4j(e) if e.code().starts_with("Neo.ClientError.Statement") => BackendError::Invalid {
+            backend: BACKEND,
+            detail,
+        },
+        _ => BackendError::Other {
+            backend: BACKEND,
+            detail,
+        },
+    }
+}
+
+fn bolt(value: &Value) -> BoltType {
+    match value {
+        Value::Null => BoltType::Null(BoltNull),
+        Value::Boolean(b) => BoltType::from(*b),
+        Value::Integer(i) => BoltType::from(*i),
+        Value::Float(f) => BoltType::from(*f),
+        Value::Text(s) => BoltType::from(s.as_str()),
+        Value::TextList(items) => {
+            let mut list = BoltList::new();
+            for item in items {
+                list.push(BoltType::from(item.as_str()));
+            }
+            BoltType::List(list)
+        }
+    }
+}
+
+fn bolt_map(properties: &[(String, Value)]) -> Result<BoltType, BackendError> {
+    let mut map = HashMap::with_capacity(properties.len());
+    for (key, value) in properties {
+        checked(key)?;
+        map.insert(key.clone(), bolt(value));
+    }
+    Ok(BoltType::from(map))
+}
+
+#[async_trait]
+impl GraphBackend for Neo4jGraph {
+    fn kind(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn upsert_entity(
+        &self,
+        node: &NodeKey,
+        properties: &[(String, Value)],
+    ) -> Result<(), BackendError> {
+        let label = checked(&node.label)?;
+        self.ensure_constraint(label).await?;
+        let cypher = format!("MERGE (n:`{label}` {{id: $id}}) SET n += $props");
+        let q = query(&cypher)
+            .param("id", node.id.as_str())
+            .param("props", bolt_map(properties)?);
+        timed(self.graph.run(q)).await
+    }
+
+    async fn upsert_relation(
+        &self,
+        source: &NodeKey,
+        kind: &str,
+        target: &NodeKey,
+        properties: &[(String, Value)],
+    ) -> Result<(), BackendError> {
+        let (source_label, target_label, kind) =
+            (checked(&source.label)?, checked(&target.label)?, checked(kind)?);
+        self.ensure_constraint(source_label).await?;
+        self.ensure_constraint(target_label).await?;
+        let cypher = format!(
+            "MERGE (a:`{source_label}` {{id: $source}}) \
+             MERGE (b:`{target_label}` {{id: $target}}) \
+             MERGE (a)-[r:`{kind}`]->(b) SET r += $props"
+        );
+        let q = query(&cypher)
+            .param("source", source.id.as_str())
+            .param("target", target.id.as_str())
+            .param("props", bolt_map(properties)?);
+        timed(self.graph.run(q)).await
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        timed(self.graph.run(query("RETURN 1"))).await
+    }
+}

@@ -1,0 +1,178 @@
+//! Capabilities: the host side of each WIT import, one file per interface.
+//!
+//! Every call a plugin makes lands on [`HostState`], the data of the store
+//! that runs one event. A capability checks the request (identifiers,
+//! patterns, the handler's limits), hands it to a backend, records the
+//! effect in [`Effects`], and turns a [`BackendError`] into the WIT
+//! `error` variant. A trap is used only for an exceeded host limit.
+//!
+//! - [`cache`]: `scan` and `delete`.
+//! - [`graph`]: `upsert-entity` and `upsert-relation`.
+//! - [`log`]: guest logs into `tracing`.
+//! - [`config`]: the handler's configuration.
+
+pub mod cache;
+pub mod config;
+pub mod graph;
+pub mod log;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, StoreLimits};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::backend::{BackendError, Backends};
+use crate::bindings::types::Error as WitError;
+use crate::runtime::Limits;
+
+/// What every instance of one handler may reach: its name, configuration,
+/// backends and limits. Shared by all events of the handler.
+pub struct HandlerEnv {
+    pub name: String,
+    pub config: BTreeMap<String, String>,
+    pub backends: Backends,
+    pub limits: Limits,
+}
+
+impl HandlerEnv {
+    pub fn new(name: impl Into<String>, config: BTreeMap<String, String>, backends: Backends, limits: Limits) -> Arc<Self> {
+        Arc::new(HandlerEnv {
+            name: name.into(),
+            config,
+            backends,
+            limits,
+        })
+    }
+}
+
+/// Host-call errors of one event, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ErrorCounts {
+    pub unavailable: u64,
+    pub denied: u64,
+    pub invalid: u64,
+    pub other: u64,
+}
+
+/// What one event did to the world, as counted by the host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Effects {
+    /// Keys returned by `scan` calls.
+    pub keys_scanned: u64,
+    /// Keys that existed and were removed by `delete` calls.
+    pub keys_deleted: u64,
+    /// Successful `upsert-entity` calls.
+    pub entities_upserted: u64,
+    /// Successful `upsert-relation` calls.
+    pub relations_upserted: u64,
+    /// Every import call, including logs and config reads.
+    pub host_calls: u64,
+    /// Failed cache and graph calls, by kind.
+    pub errors: ErrorCounts,
+}
+
+/// A host limit the guest ran into. Raised as a trap, so the event ends.
+#[derive(Debug, thiserror::Error)]
+#[error("handler made more than {limit} host calls in one event")]
+pub struct HostCallLimitExceeded {
+    pub limit: u64,
+}
+
+/// The data of the store that runs one event.
+pub struct HostState {
+    pub(crate) env: Arc<HandlerEnv>,
+    pub(crate) effects: Effects,
+    pub(crate) subject: String,
+    pub(crate) sequence: u64,
+    pub(crate) output: MemoryOutputPipe,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+}
+
+/// Bytes of guest stdout/stderr kept per event, for trap reports.
+const OUTPUT_CAPTURE_BYTES: usize = 16 * 1024;
+
+impl HostState {
+    pub(crate) fn new(env: Arc<HandlerEnv>, subject: String, sequence: u64) -> Self {
+        let output = MemoryOutputPipe::new(OUTPUT_CAPTURE_BYTES);
+        // WASI is there because `std` on wasm32-wasip2 links against it. The
+        // guest gets no files, no environment, no network, no arguments:
+        // only clocks, randomness and a capture of its stdout/stderr.
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .stdout(output.clone())
+            .stderr(output.clone())
+            .allow_blocking_current_thread(false)
+            .build();
+        let limits = wasmtime::StoreLimitsBuilder::new()
+            .memory_size(env.limits.memory_bytes)
+            .trap_on_grow_failure(true)
+            .build();
+        HostState {
+            env,
+            effects: Effects::default(),
+            subject,
+            sequence,
+            output,
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+        }
+    }
+
+    pub(crate) fn limiter(&mut self) -> &mut dyn ResourceLimiter {
+        &mut self.limits
+    }
+
+    /// Counts one import call, trapping past the handler's limit.
+    pub(crate) fn charge_call(&mut self) -> wasmtime::Result<()> {
+        self.effects.host_calls += 1;
+        let limit = self.env.limits.max_host_calls;
+        if self.effects.host_calls > limit {
+            return Err(HostCallLimitExceeded { limit }.into());
+        }
+        Ok(())
+    }
+
+    /// Records a failed backend call and converts it for the guest.
+    pub(crate) fn backend_error(&mut self, error: BackendError) -> WitError {
+        let message = error.to_string();
+        match error {
+            BackendError::Unavailable { .. } => {
+                self.effects.errors.unavailable += 1;
+                WitError::Unavailable(message)
+            }
+            BackendError::Invalid { .. } => {
+                self.effects.errors.invalid += 1;
+                WitError::Invalid(message)
+            }
+            BackendError::Other { .. } => {
+                self.effects.errors.other += 1;
+                WitError::Other(message)
+            }
+        }
+    }
+
+    /// Records a request the capability itself refused as malformed.
+    pub(crate) fn invalid(&mut self, message: String) -> WitError {
+        self.effects.errors.invalid += 1;
+        WitError::Invalid(message)
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl crate::bindings::types::Host for HostState {}
+impl crate::bindings::event::Host for HostState {}
+impl crate::bindings::outcome::Host for HostState {}

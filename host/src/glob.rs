@@ -1,0 +1,205 @@
+//! Valkey's glob matching (`SCAN ... MATCH`, `KEYS`), byte for byte.
+//!
+//! This is a port of `stringmatchlen` from Valkey's `util.c`, kept faithful
+//! down to its quirks, because the in-memory cache must select exactly the
+//! keys a real server would: an unterminated `[` matches up to the end of the
+//! pattern, a reversed range `[z-a]` is the range `[a-z]`, range bounds
+//! compare as *signed* bytes (C `char` on x86), and more than 1000 nested
+//! `*` give up with no match. A differential test against a real Valkey holds
+//! the two together.
+
+/// Whether `key` matches the Valkey glob `pattern`.
+pub fn matches(pattern: &[u8], key: &[u8]) -> bool {
+    let mut skip_longer = false;
+    match_from(pattern, key, &mut skip_longer, 0)
+}
+
+/// Whether `pattern` contains no glob specials, so it matches only itself.
+pub fn is_literal(pattern: &[u8]) -> bool {
+    !pattern
+        .iter()
+        .any(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
+}
+
+/// Escapes `literal` so that, as a pattern, it matches exactly itself.
+pub fn escape(literal: &str) -> String {
+    let mut out = String::with_capacity(literal.len());
+    for c in literal.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+// Bytes compare as C `char`, which is signed on the platforms Valkey ships for.
+fn signed(b: u8) -> i32 {
+    i32::from(b as i8)
+}
+
+fn match_from(mut p: &[u8], mut s: &[u8], skip_longer: &mut bool, nesting: u32) -> bool {
+    // Valkey's protection against abusive patterns.
+    if nesting > 1000 {
+        return false;
+    }
+    while !p.is_empty() && !s.is_empty() {
+        match p[0] {
+            b'*' => {
+                while p.len() >= 2 && p[1] == b'*' {
+                    p = &p[1..];
+                }
+                if p.len() == 1 {
+                    return true;
+                }
+                while !s.is_empty() {
+                    if match_from(&p[1..], s, skip_longer, nesting + 1) {
+                        return true;
+                    }
+                    if *skip_longer {
+                        return false;
+                    }
+                    s = &s[1..];
+                }
+                // No suffix of the key matches the rest of the pattern, so no
+                // earlier `*` can do better by consuming more.
+                *skip_longer = true;
+                return false;
+            }
+            b'?' => {
+                s = &s[1..];
+            }
+            b'[' => {
+                p = &p[1..];
+                let negate = p.first() == Some(&b'^');
+                if negate {
+                    p = &p[1..];
+                }
+                let mut hit = false;
+                loop {
+                    if p.len() >= 2 && p[0] == b'\\' {
+                        p = &p[1..];
+                        if p[0] == s[0] {
+                            hit = true;
+                        }
+                    } else if p.first() == Some(&b']') {
+                        break;
+                    } else if p.is_empty() {
+                        // Unterminated class: stop here. The shared advance
+                        // below would step past the end, so step back first
+                        // by leaving the pattern empty and exiting the loop.
+                        break;
+                    } else if p.len() >= 3 && p[1] == b'-' {
+                        let (mut start, mut end) = (signed(p[0]), signed(p[2]));
+                        if start > end {
+                            std::mem::swap(&mut start, &mut end);
+                        }
+                        let c = signed(s[0]);
+                        p = &p[2..];
+                        if c >= start && c <= end {
+                            hit = true;
+                        }
+                    } else if p[0] == s[0] {
+                        hit = true;
+                    }
+                    p = &p[1..];
+                }
+                if negate {
+                    hit = !hit;
+                }
+                if !hit {
+                    return false;
+                }
+                s = &s[1..];
+                if p.is_empty() {
+                    // The unterminated class consumed the rest of the pattern;
+                    // there is no closing `]` to step over.
+                    return s.is_empty();
+                }
+            }
+            b'\\' => {
+                if p.len() >= 2 {
+                    p = &p[1..];
+                }
+                if p[0] != s[0] {
+                    return false;
+                }
+                s = &s[1..];
+            }
+            c => {
+                if c != s[0] {
+                    return false;
+                }
+                s = &s[1..];
+            }
+        }
+        p = &p[1..];
+        if s.is_empty() {
+            while p.first() == Some(&b'*') {
+                p = &p[1..];
+            }
+            break;
+        }
+    }
+    p.is_empty() && s.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(p: &str, s: &str) -> bool {
+        matches(p.as_bytes(), s.as_bytes())
+    }
+
+    #[test]
+    fn star_matches_zero_or_more_bytes() {
+        assert!(m("context:*", "context:"));
+        assert!(m("context:*", "context:a:b"));
+        assert!(!m("context:S1:*", "context:S1"));
+        assert!(m("*", ""));
+        assert!(m("a**b", "ab"));
+    }
+
+    #[test]
+    fn question_mark_matches_exactly_one_byte() {
+        assert!(m("a?c", "abc"));
+        assert!(!m("a?c", "ac"));
+        assert!(!m("?", ""));
+    }
+
+    #[test]
+    fn classes_ranges_and_negation() {
+        assert!(m("[abc]", "b"));
+        assert!(!m("[abc]", "d"));
+        assert!(m("[^a]", "b"));
+        assert!(!m("[^a]", "a"));
+        assert!(m("[a-z]", "q"));
+        assert!(m("[z-a]", "q"), "a reversed range is swapped");
+        assert!(m("[\\]]", "]"));
+        assert!(m("[a-]", "^"), "`a-]` is a range, leaving the class unterminated");
+    }
+
+    #[test]
+    fn backslash_escapes_specials() {
+        assert!(m("a\\*b", "a*b"));
+        assert!(!m("a\\*b", "axb"));
+        assert!(m("\\", "\\"), "a trailing backslash is literal");
+    }
+
+    #[test]
+    fn unterminated_class_runs_to_end_of_pattern() {
+        assert!(m("[abc", "a"));
+        assert!(!m("[abc", "ab"));
+        assert!(!m("x[", "x["), "an empty unterminated class matches nothing");
+    }
+
+    #[test]
+    fn escape_makes_any_string_literal() {
+        for id in ["S1", "a*b", "q?[x]", "back\\slash", "ü:ñ", ""] {
+            let pattern = escape(id);
+            assert!(m(&pattern, id), "{pattern} should match {id}");
+            assert!(!m(&pattern, &format!("{id}x")));
+        }
+    }
+}

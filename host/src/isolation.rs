@@ -1,0 +1,298 @@
+//! Running a plugin in isolation, on in-memory backends.
+//!
+//! [`Isolation`] is what `switchyard test` and the `switchyard-testing`
+//! harness stand on: load a plugin, seed the cache, send events, then read
+//! back the outcomes, the keys left and the graph written. The plugin runs
+//! on the same runtime, limits and capabilities as in the service; only the
+//! backends are in memory, and the in-memory cache selects keys exactly as
+//! Valkey does.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::{Map, Value as Json, json};
+
+use crate::backend::Backends;
+use crate::backend::memory::{MemoryCache, MemoryGraph};
+use crate::bindings::event::Event;
+use crate::bindings::graph::Value;
+use crate::capability::{Effects, HandlerEnv};
+use crate::runtime::{Dispatch, Fault, Limits, LoadError, Outcome, Plugin, Runtime, RuntimeConfig};
+
+/// One event to send, as written in an events file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventSpec {
+    pub subject: String,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl EventSpec {
+    /// An event whose payload is `payload` serialised as JSON.
+    pub fn json(subject: impl Into<String>, payload: &Json) -> Self {
+        EventSpec {
+            subject: subject.into(),
+            payload: payload.to_string().into_bytes(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// An event with raw payload bytes.
+    pub fn raw(subject: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        EventSpec {
+            subject: subject.into(),
+            payload: payload.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Parses one line of an events file:
+    /// `{"subject": "...", "payload": <JSON>, "headers": {"name": "value"}}`.
+    /// A JSON string payload is sent as its raw bytes; any other JSON value
+    /// is sent serialised.
+    pub fn parse_line(line: &str) -> Result<Self, String> {
+        let value: Json = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+        let Json::Object(mut object) = value else {
+            return Err("an event must be a JSON object".into());
+        };
+        let subject = match object.remove("subject") {
+            Some(Json::String(s)) if !s.is_empty() => s,
+            Some(_) => return Err("\"subject\" must be a non-empty string".into()),
+            None => return Err("missing \"subject\"".into()),
+        };
+        let payload = match object.remove("payload") {
+            Some(Json::String(raw)) => raw.into_bytes(),
+            Some(value) => value.to_string().into_bytes(),
+            None => return Err("missing \"payload\"".into()),
+        };
+        let headers = match object.remove("headers") {
+            None | Some(Json::Null) => Vec::new(),
+            Some(Json::Object(map)) => map
+                .into_iter()
+                .map(|(name, value)| match value {
+                    Json::String(v) => Ok((name, v)),
+                    _ => Err(format!("header {name:?} must be a string")),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err("\"headers\" must be an object of strings".into()),
+        };
+        if let Some(unknown) = object.keys().next() {
+            return Err(format!(
+                "unknown field {unknown:?} (expected subject, payload, headers)"
+            ));
+        }
+        Ok(EventSpec {
+            subject,
+            payload,
+            headers,
+        })
+    }
+
+    /// Parses an events file: one event per line, blank lines skipped.
+    /// Errors name the 1-based line.
+    pub fn parse_lines(text: &str) -> Result<Vec<Self>, String> {
+        text.lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(i, line)| Self::parse_line(line).map_err(|e| format!("line {}: {e}", i + 1)))
+            .collect()
+    }
+}
+
+/// The result of one event, as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventResult {
+    pub subject: String,
+    pub outcome: &'static str,
+    /// The reject reason, or the fault behind a host-chosen retry.
+    pub detail: Option<String>,
+    pub retry_after_ms: Option<u64>,
+    pub effects: Effects,
+    pub fault: Option<Fault>,
+}
+
+impl EventResult {
+    fn new(subject: String, dispatch: &Dispatch) -> Self {
+        let (detail, retry_after_ms) = match &dispatch.outcome {
+            Outcome::Ack => (None, None),
+            Outcome::Retry { delay } => (
+                dispatch.fault.as_ref().map(|f| f.to_string()),
+                delay.map(|d| d.as_millis() as u64),
+            ),
+            Outcome::Reject { reason } => (Some(reason.clone()), None),
+        };
+        EventResult {
+            subject,
+            outcome: dispatch.outcome.kind(),
+            detail,
+            retry_after_ms,
+            effects: dispatch.effects.clone(),
+            fault: dispatch.fault.clone(),
+        }
+    }
+}
+
+/// A plugin loaded on in-memory backends.
+pub struct Isolation {
+    runtime: Arc<Runtime>,
+    plugin: Arc<Plugin>,
+    env: Arc<HandlerEnv>,
+    cache: MemoryCache,
+    graph: MemoryGraph,
+    next_sequence: u64,
+    results: Vec<EventResult>,
+}
+
+impl Isolation {
+    /// Loads `plugin` (component bytes) with the given configuration and
+    /// the default limits.
+    pub fn new(plugin: &[u8], config: BTreeMap<String, String>) -> Result<Self, IsolationError> {
+        Self::with_limits(plugin, config, Limits::default())
+    }
+
+    /// Loads `plugin` with explicit limits.
+    pub fn with_limits(
+        plugin: &[u8],
+        config: BTreeMap<String, String>,
+        limits: Limits,
+    ) -> Result<Self, IsolationError> {
+        let runtime = Arc::new(Runtime::new(RuntimeConfig {
+            max_instances: 16,
+            ..RuntimeConfig::default()
+        })
+        .map_err(|e| IsolationError::Runtime(format!("{e:#}")))?);
+        let plugin = runtime.load(plugin)?;
+        let (backends, cache, graph) = Backends::in_memory();
+        let env = HandlerEnv::new("isolated", config, backends, limits);
+        Ok(Isolation {
+            runtime,
+            plugin,
+            env,
+            cache,
+            graph,
+            next_sequence: 1,
+            results: Vec::new(),
+        })
+    }
+
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+
+    /// The in-memory cache, to seed or inspect.
+    pub fn cache(&self) -> &MemoryCache {
+        &self.cache
+    }
+
+    /// The in-memory graph, to inspect.
+    pub fn graph(&self) -> &MemoryGraph {
+        &self.graph
+    }
+
+    /// Sends one event as a first delivery.
+    pub async fn send(&mut self, event: EventSpec) -> Dispatch {
+        self.send_attempt(event, 1).await
+    }
+
+    /// Sends one event as delivery number `attempt` (1-based).
+    pub async fn send_attempt(&mut self, event: EventSpec, attempt: u32) -> Dispatch {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        let published_at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        let subject = event.subject.clone();
+        let dispatch = self
+            .runtime
+            .dispatch(
+                &self.plugin,
+                &self.env,
+                Event {
+                    subject: event.subject,
+                    payload: event.payload,
+                    headers: event.headers,
+                    stream_sequence: sequence,
+                    delivery_attempt: attempt.max(1),
+                    published_at_ms,
+                },
+            )
+            .await;
+        self.results.push(EventResult::new(subject, &dispatch));
+        dispatch
+    }
+
+    /// Every result so far, in send order.
+    pub fn results(&self) -> &[EventResult] {
+        &self.results
+    }
+
+    /// The report `switchyard test --json` prints: results, keys left,
+    /// nodes and relations.
+    pub fn report(&self) -> Json {
+        let nodes: Vec<Json> = self
+            .graph
+            .nodes()
+            .into_iter()
+            .map(|node| {
+                json!({
+                    "label": node.label,
+                    "id": node.id,
+                    "properties": properties_json(&node.properties),
+                })
+            })
+            .collect();
+        let relations: Vec<Json> = self
+            .graph
+            .relations()
+            .into_iter()
+            .map(|relation| {
+                json!({
+                    "from": {"label": relation.source.label, "id": relation.source.id},
+                    "type": relation.kind,
+                    "to": {"label": relation.target.label, "id": relation.target.id},
+                    "properties": properties_json(&relation.properties),
+                })
+            })
+            .collect();
+        json!({
+            "plugin": self.plugin.digest(),
+            "results": self.results,
+            "cache_keys": self.cache.keys(),
+            "graph_nodes": nodes,
+            "graph_relations": relations,
+        })
+    }
+}
+
+/// A property value as JSON.
+pub fn value_json(value: &Value) -> Json {
+    match value {
+        Value::Null => Json::Null,
+        Value::Boolean(b) => Json::Bool(*b),
+        Value::Integer(i) => Json::from(*i),
+        Value::Float(f) => Json::from(*f),
+        Value::Text(s) => Json::String(s.clone()),
+        Value::TextList(items) => Json::from(items.clone()),
+    }
+}
+
+fn properties_json(properties: &BTreeMap<String, Value>) -> Json {
+    Json::Object(
+        properties
+            .iter()
+            .map(|(k, v)| (k.clone(), value_json(v)))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+/// Why an isolated run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum IsolationError {
+    #[error("cannot start the Wasm runtime: {0}")]
+    Runtime(String),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}

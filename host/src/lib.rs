@@ -1,0 +1,23 @@
+//! Switchyard runs event handlers that live in WebAssembly components next
+//! to a NATS JetStream stream.
+//!
+//! # Layout
+//!
+//! - [`bindings`]: the host side of the `switchyard:handler` WIT world (the
+//!   one `bindgen!`); every other module takes WIT types from here.
+//! - [`runtime`]: the wasmtime engine, limits, plugin loading by digest,
+//!   and one fresh instance per event ([`runtime::Runtime::dispatch`]).
+//! - [`capability`]: the host side of each import (`cache`, `graph`, `log`,
+//!   `config`): checks, effect counting, error conversion.
+//! - [`backend`]: where effects land: [`backend::memory`],
+//!   [`backend::valkey`], [`backend::neo4j`].
+//! - [`glob`]: Valkey's glob matcher, shared by the in-memory cache.
+//! - [`isolation`]: runs a plugin over a list of events on in-memory
+//!   backends; behind `switchyard test` and the `switchyard-testing` harness.
+
+pub mod backend;
+pub mod bindings;
+pub mod capability;
+pub mod glob;
+pub mod isolation;
+pub mod runtime;

@@ -1,0 +1,436 @@
+//! The Wasm runtime: engine, limits, plugin loading, one instance per event.
+//!
+//! A [`Runtime`] owns one wasmtime engine with the pooling allocator and an
+//! epoch ticker. [`Runtime::load`] compiles a component once per content
+//! digest, checks it against the `event-handler` world and pre-instantiates
+//! it into a [`Plugin`]. [`Runtime::dispatch`] runs one event on a fresh
+//! instance of a plugin, under the handler's deadline, memory cap and
+//! host-call budget, and always returns a [`Dispatch`]: a trap, a missed
+//! deadline or an exceeded limit becomes a `retry` outcome with the fault
+//! attached, never an error that could take the host down.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use tracing::instrument;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
+
+use crate::bindings::event::Event;
+use crate::bindings::outcome::Outcome as WitOutcome;
+use crate::bindings::{EventHandler, EventHandlerPre};
+use crate::capability::{Effects, HandlerEnv, HostCallLimitExceeded, HostState};
+
+/// How often the engine's epoch advances; the granularity of deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Limits applied to every event of one handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock time one event may take, host calls included.
+    pub deadline: Duration,
+    /// Largest linear memory an instance may grow to, in bytes.
+    pub memory_bytes: usize,
+    /// Most import calls one event may make.
+    pub max_host_calls: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            deadline: Duration::from_secs(5),
+            memory_bytes: 64 << 20,
+            max_host_calls: 10_000,
+        }
+    }
+}
+
+/// Engine-wide settings, fixed when the [`Runtime`] is created.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Most instances alive at once across all handlers (pool slots).
+    pub max_instances: u32,
+    /// Upper bound for any handler's `memory_bytes`.
+    pub max_memory_bytes: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            max_instances: 128,
+            max_memory_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Why a plugin was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read plugin {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "plugin {digest} is a core WebAssembly module, not a component: build it for wasm32-wasip2 (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule { digest: Digest },
+    #[error("plugin {digest} is not a valid WebAssembly component: {reason}")]
+    Compile { digest: Digest, reason: String },
+    #[error("plugin {digest} does not fit the switchyard:handler/event-handler world: {reason}")]
+    WrongWorld { digest: Digest, reason: String },
+}
+
+/// The SHA-256 of a plugin's bytes, which names a version of it.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Digest(String);
+
+impl Digest {
+    pub fn of(bytes: &[u8]) -> Self {
+        Digest(format!("sha256:{}", hex::encode(Sha256::digest(bytes))))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The first 12 hex digits, for humans.
+    pub fn short(&self) -> &str {
+        let hex = self.0.trim_start_matches("sha256:");
+        &hex[..hex.len().min(12)]
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A compiled, checked, pre-instantiated plugin.
+pub struct Plugin {
+    digest: Digest,
+    size: usize,
+    pre: EventHandlerPre<HostState>,
+}
+
+impl Plugin {
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Size of the component in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin")
+            .field("digest", &self.digest)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+/// What the host does with an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Acknowledge: the handler's effects are complete.
+    Ack,
+    /// Redeliver later; `None` leaves the delay to the host's backoff.
+    Retry {
+        #[serde(rename = "retry_after_ms", with = "millis")]
+        delay: Option<Duration>,
+    },
+    /// Dead-letter with this reason.
+    Reject { reason: String },
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(delay: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match delay {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+impl Outcome {
+    /// `ack`, `retry` or `reject`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Ack => "ack",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Reject { .. } => "reject",
+        }
+    }
+}
+
+impl From<WitOutcome> for Outcome {
+    fn from(outcome: WitOutcome) -> Self {
+        match outcome {
+            WitOutcome::Ack => Outcome::Ack,
+            WitOutcome::Retry(delay) => Outcome::Retry {
+                delay: delay.map(Duration::from_millis),
+            },
+            WitOutcome::Reject(reason) => Outcome::Reject { reason },
+        }
+    }
+}
+
+/// Why an event did not run to a plugin-chosen outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "fault", content = "detail", rename_all = "snake_case")]
+pub enum Fault {
+    #[error("deadline of {0:?} exceeded")]
+    Deadline(Duration),
+    #[error("memory limit of {limit} bytes reached: {detail}")]
+    Memory { limit: usize, detail: String },
+    #[error("{0}")]
+    HostCallLimit(String),
+    #[error("guest trapped: {0}")]
+    Trap(String),
+    #[error("could not instantiate plugin: {0}")]
+    Instantiate(String),
+}
+
+/// The result of running one event.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    pub outcome: Outcome,
+    pub effects: Effects,
+    /// Set when the host chose the outcome because the guest failed.
+    pub fault: Option<Fault>,
+    pub elapsed: Duration,
+    /// What the guest wrote to stdout/stderr (bounded), e.g. a panic message.
+    pub output: String,
+}
+
+/// The wasmtime engine and everything shared by all plugins.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    config: RuntimeConfig,
+    compiled: Mutex<HashMap<Digest, Component>>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// Creates the engine and starts its epoch ticker.
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        let slots = config.max_instances.max(1);
+        pool.total_component_instances(slots)
+            // A Rust component has a few core instances and tables besides
+            // its one memory; leave room for them.
+            .total_core_instances(slots.saturating_mul(8))
+            .total_memories(slots.saturating_mul(2))
+            .total_tables(slots.saturating_mul(8))
+            .total_stacks(slots)
+            .max_memory_size(config.max_memory_bytes);
+        let mut wasm = Config::new();
+        wasm.epoch_interruption(true)
+            .wasm_component_model(true)
+            .max_wasm_stack(1 << 20)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        EventHandler::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.weak();
+        let stop = ticker_stop.clone();
+        std::thread::Builder::new()
+            .name("switchyard-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match ticker_engine.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })?;
+
+        Ok(Runtime {
+            engine,
+            linker,
+            config,
+            compiled: Mutex::new(HashMap::new()),
+            ticker_stop,
+        })
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Reads, compiles and checks a plugin file. CPU-heavy: call it off the
+    /// async executor (e.g. in `spawn_blocking`).
+    pub fn load_file(&self, path: &std::path::Path) -> Result<Arc<Plugin>, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        self.load(&bytes)
+    }
+
+    /// Compiles and checks a plugin. A digest compiled before is not
+    /// compiled again. CPU-heavy: call it off the async executor.
+    pub fn load(&self, bytes: &[u8]) -> Result<Arc<Plugin>, LoadError> {
+        let digest = Digest::of(bytes);
+        let component = self.compile(&digest, bytes)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(EventHandlerPre::new)
+            .map_err(|e| LoadError::WrongWorld {
+                digest: digest.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        Ok(Arc::new(Plugin {
+            digest,
+            size: bytes.len(),
+            pre,
+        }))
+    }
+
+    fn compile(&self, digest: &Digest, bytes: &[u8]) -> Result<Component, LoadError> {
+        if let Some(component) = lock(&self.compiled).get(digest) {
+            return Ok(component.clone());
+        }
+        // Version 1 of the binary format is a core module; components use a
+        // different layer/version word.
+        if bytes.starts_with(b"\0asm\x01\0\0\0") {
+            return Err(LoadError::CoreModule {
+                digest: digest.clone(),
+            });
+        }
+        let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile {
+            digest: digest.clone(),
+            reason: format!("{e:#}"),
+        })?;
+        lock(&self.compiled).insert(digest.clone(), component.clone());
+        Ok(component)
+    }
+
+    /// Runs `event` on a fresh instance of `plugin` with `env`'s backends
+    /// and limits. Never fails: guest failures become a `retry` with a fault.
+    #[instrument(
+        name = "dispatch",
+        skip_all,
+        fields(
+            handler = %env.name,
+            plugin = %plugin.digest.short(),
+            subject = %event.subject,
+            sequence = event.stream_sequence,
+            attempt = event.delivery_attempt,
+        )
+    )]
+    pub async fn dispatch(&self, plugin: &Plugin, env: &Arc<HandlerEnv>, event: Event) -> Dispatch {
+        let started = Instant::now();
+        let limits = env.limits.clone();
+        let state = HostState::new(env.clone(), event.subject.clone(), event.stream_sequence);
+        let output = state.output.clone();
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| state.limiter());
+
+        // The callback runs every epoch tick while the guest executes: it
+        // traps once the deadline has passed and otherwise yields, so a busy
+        // guest does not hold an executor thread for the whole deadline.
+        let deadline_at = started + limits.deadline;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline_at {
+                Err(Trap::Interrupt.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let run = async {
+            let instance = plugin
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| Fault::Instantiate(format!("{e:#}")))?;
+            instance
+                .call_handle(&mut store, &event)
+                .await
+                .map_err(|e| classify(&e, &limits))
+        };
+        // The epoch only fires while guest code runs; this catches time
+        // spent inside a host call that does not return.
+        let result = match tokio::time::timeout(limits.deadline, run).await {
+            Ok(result) => result,
+            Err(_) => Err(Fault::Deadline(limits.deadline)),
+        };
+        let effects = store.data().effects.clone();
+        drop(store);
+        let output = String::from_utf8_lossy(&output.contents()).into_owned();
+
+        let (outcome, fault) = match result {
+            Ok(outcome) => (Outcome::from(outcome), None),
+            Err(fault) => {
+                tracing::warn!(%fault, guest_output = %output.trim_end(), "handler failed; the event will be retried");
+                (Outcome::Retry { delay: None }, Some(fault))
+            }
+        };
+        Dispatch {
+            outcome,
+            effects,
+            fault,
+            elapsed: started.elapsed(),
+            output,
+        }
+    }
+}
+
+fn classify(error: &wasmtime::Error, limits: &Limits) -> Fault {
+    if let Some(exceeded) = error.downcast_ref::<HostCallLimitExceeded>() {
+        return Fault::HostCallLimit(exceeded.to_string());
+    }
+    if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
+        return Fault::Deadline(limits.deadline);
+    }
+    let detail = format!("{error:#}");
+    if detail.contains("forcing trap when growing memory") || detail.contains("memory.grow") {
+        return Fault::Memory {
+            limit: limits.memory_bytes,
+            detail,
+        };
+    }
+    Fault::Trap(detail)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}

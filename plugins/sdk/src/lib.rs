@@ -1,0 +1,71 @@
+//! Guest-side SDK for Switchyard handler plugins.
+//!
+//! It generates the bindings for the `switchyard:handler` world once, so a
+//! plugin only implements [`Guest`] and calls [`export!`]:
+//!
+//! ```ignore
+//! use switchyard_plugin::{Guest, event::Event, outcome::Outcome};
+//!
+//! struct Handler;
+//!
+//! impl Guest for Handler {
+//!     fn handle(event: Event) -> Outcome {
+//!         Outcome::Ack
+//!     }
+//! }
+//!
+//! switchyard_plugin::export!(Handler);
+//! ```
+//!
+//! The generated modules are re-exported under short names: [`cache`],
+//! [`graph`], [`log`], [`config`], [`event`], [`outcome`] and [`types`].
+
+#![allow(unsafe_code)] // generated bindings cross the component ABI
+
+/// The generated bindings. `export!` is exported at the crate root.
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "event-handler",
+        path: "../../wit",
+        pub_export_macro: true,
+        default_bindings_module: "switchyard_plugin::bindings",
+    });
+}
+
+pub use bindings::Guest;
+/// Exports a [`Guest`] implementation as the component's `handle`.
+pub use bindings::export;
+pub use bindings::switchyard::handler::{cache, config, event, graph, log, outcome, types};
+
+/// Shorthands for logging through the host.
+pub mod logging {
+    use super::log::{Level, log};
+
+    /// Logs at `info` with the given fields.
+    pub fn info(message: &str, fields: &[(&str, String)]) {
+        emit(Level::Info, message, fields);
+    }
+
+    /// Logs at `warn` with the given fields.
+    pub fn warn(message: &str, fields: &[(&str, String)]) {
+        emit(Level::Warn, message, fields);
+    }
+
+    /// Logs at `error` with the given fields.
+    pub fn error(message: &str, fields: &[(&str, String)]) {
+        emit(Level::Error, message, fields);
+    }
+
+    /// Logs at `debug` with the given fields.
+    pub fn debug(message: &str, fields: &[(&str, String)]) {
+        emit(Level::Debug, message, fields);
+    }
+
+    fn emit(level: Level, message: &str, fields: &[(&str, String)]) {
+        let fields: Vec<(String, String)> = fields
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), v.clone()))
+            .collect();
+        log(level, message, &fields);
+    }
+}
