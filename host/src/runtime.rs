@@ -283,6 +283,11 @@ impl Runtime {
         })
     }
 
+    /// How many distinct components have been compiled and kept.
+    pub fn compiled_components(&self) -> usize {
+        lock(&self.compiled).len()
+    }
+
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
     }

@@ -1,0 +1,141 @@
+//! The runtime contains a misbehaving guest: every failure becomes a clear
+//! outcome for that event, and the next event runs normally.
+
+use std::time::{Duration, Instant};
+
+use switchyard::runtime::{Fault, LoadError, Runtime, RuntimeConfig};
+use switchyard_testing::{Harness, Limits, Outcome};
+use switchyard_tests::artifacts::{HOSTILE, WRONG_WORLD};
+
+const SUBJECT: &str = "test.hostile";
+
+fn hostile(limits: Limits) -> Harness {
+    Harness::load(HOSTILE).limits(limits).start()
+}
+
+#[test]
+fn infinite_loop_is_stopped_by_the_deadline_and_retried() {
+    let mut guest = hostile(Limits {
+        deadline: Duration::from_millis(200),
+        ..Limits::default()
+    });
+    let started = Instant::now();
+    let sent = guest.send_raw(SUBJECT, "loop");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert_eq!(sent.assert_fault(), Fault::Deadline(Duration::from_millis(200)));
+    assert_eq!(sent.assert_retry(), None, "the host picks the backoff");
+    guest.send_raw(SUBJECT, "ok").assert_ack();
+}
+
+#[test]
+fn allocation_past_the_memory_cap_traps() {
+    let mut guest = hostile(Limits {
+        memory_bytes: 16 << 20,
+        ..Limits::default()
+    });
+    let sent = guest.send_raw(SUBJECT, "alloc:64");
+    match sent.assert_fault() {
+        Fault::Memory { limit, .. } => assert_eq!(limit, 16 << 20),
+        other => panic!("expected a memory fault, got {other:?}"),
+    }
+    sent.assert_retry();
+    guest.send_raw(SUBJECT, "alloc:4").assert_reject_containing("allocated 4 MiB");
+}
+
+#[test]
+fn panic_becomes_retry_and_the_next_event_succeeds() {
+    let mut guest = hostile(Limits::default());
+    let sent = guest.send_raw(SUBJECT, "panic");
+    match sent.assert_fault() {
+        Fault::Trap(detail) => assert!(detail.contains("unreachable"), "{detail}"),
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    assert!(
+        sent.dispatch.output.contains("hostile guest panicked on purpose"),
+        "the panic message is kept for the log: {:?}",
+        sent.dispatch.output
+    );
+    guest.send_raw(SUBJECT, "ok").assert_ack();
+}
+
+#[test]
+fn unbounded_recursion_traps_on_stack_overflow() {
+    let mut guest = hostile(Limits::default());
+    let sent = guest.send_raw(SUBJECT, "recurse");
+    assert!(matches!(sent.assert_fault(), Fault::Trap(_)), "{:?}", sent.fault());
+    guest.send_raw(SUBJECT, "ok").assert_ack();
+}
+
+#[test]
+fn host_calls_past_the_budget_end_the_event() {
+    let mut guest = hostile(Limits {
+        max_host_calls: 1_000,
+        ..Limits::default()
+    });
+    let sent = guest.send_raw(SUBJECT, "calls:1001");
+    assert!(
+        matches!(sent.assert_fault(), Fault::HostCallLimit(ref m) if m.contains("1000")),
+        "{:?}",
+        sent.fault()
+    );
+    assert_eq!(sent.effects().host_calls, 1_001);
+    guest.send_raw(SUBJECT, "calls:1000").assert_ack();
+}
+
+#[test]
+fn plugin_chosen_retry_delay_is_kept() {
+    let mut guest = hostile(Limits::default());
+    let sent = guest.send_raw(SUBJECT, "retry:250");
+    assert_eq!(sent.assert_retry(), Some(Duration::from_millis(250)));
+    assert!(sent.fault().is_none());
+    assert_eq!(*guest.send_raw(SUBJECT, "retry").outcome(), Outcome::Retry { delay: None });
+}
+
+#[test]
+fn component_without_the_handle_export_is_refused() {
+    let error = Harness::load(WRONG_WORLD).try_start().err().expect("must be refused");
+    assert!(
+        error.contains("does not fit the switchyard:handler/event-handler world"),
+        "{error}"
+    );
+}
+
+#[test]
+fn core_module_and_garbage_are_refused_with_the_reason() {
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let core_module = b"\0asm\x01\0\0\0";
+    match runtime.load(core_module) {
+        Err(LoadError::CoreModule { .. }) => {}
+        other => panic!("expected CoreModule, got {other:?}"),
+    }
+    match runtime.load(b"not wasm at all") {
+        Err(LoadError::Compile { reason, .. }) => assert!(!reason.is_empty()),
+        other => panic!("expected Compile, got {other:?}"),
+    }
+}
+
+#[test]
+fn loading_the_same_bytes_twice_reuses_the_compiled_component() {
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let bytes = std::fs::read(HOSTILE).unwrap();
+    let first = runtime.load(&bytes).unwrap();
+    let second = runtime.load(&bytes).unwrap();
+    assert_eq!(first.digest(), second.digest());
+    assert!(first.digest().as_str().starts_with("sha256:"));
+    assert_eq!(runtime.compiled_components(), 1);
+}
+
+#[test]
+fn events_file_lines_parse_into_events() {
+    use switchyard::isolation::EventSpec;
+    let events = EventSpec::parse_lines(
+        "{\"subject\":\"a\",\"payload\":{\"x\":1}}\n\n{\"subject\":\"b\",\"payload\":\"raw bytes\",\"headers\":{\"h\":\"v\"}}\n",
+    )
+    .unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].payload, b"{\"x\":1}");
+    assert_eq!(events[1].payload, b"raw bytes");
+    assert_eq!(events[1].headers, vec![("h".to_string(), "v".to_string())]);
+    let error = EventSpec::parse_lines("{\"subject\":\"a\",\"payload\":1}\n{\"payload\":1}").unwrap_err();
+    assert_eq!(error, "line 2: missing \"subject\"");
+}
