@@ -126,6 +126,20 @@ impl Harness {
         self
     }
 
+    /// Simulates a cache outage: while `down`, every cache call fails as
+    /// `unavailable`.
+    pub fn cache_unavailable(&mut self, down: bool) -> &mut Self {
+        self.isolation.cache().set_unavailable(down);
+        self
+    }
+
+    /// Simulates a graph outage: while `down`, every graph call fails as
+    /// `unavailable`.
+    pub fn graph_unavailable(&mut self, down: bool) -> &mut Self {
+        self.isolation.graph().set_unavailable(down);
+        self
+    }
+
     /// Sends an event as a first delivery.
     pub fn send(&mut self, event: EventSpec) -> Sent {
         self.send_attempt(event, 1)

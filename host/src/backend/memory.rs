@@ -28,6 +28,28 @@ use crate::glob;
 pub struct MemoryCache {
     // (scan order, key) -> value
     entries: Arc<Mutex<BTreeMap<(u64, String), String>>>,
+    outage: Outage,
+}
+
+/// A switchable outage, so tests can see what a plugin does when its
+/// backend is down. Off by default.
+#[derive(Clone, Default)]
+struct Outage(Arc<Mutex<bool>>);
+
+impl Outage {
+    fn set(&self, down: bool) {
+        *lock(&self.0) = down;
+    }
+
+    fn check(&self) -> Result<(), BackendError> {
+        if *lock(&self.0) {
+            return Err(BackendError::Unavailable {
+                backend: "memory",
+                detail: "simulated outage".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 // The scan order of a key. The top bit is cleared so that `order + 1` never
@@ -78,6 +100,11 @@ impl MemoryCache {
         self.len() == 0
     }
 
+    /// While `down`, every call fails as `unavailable`.
+    pub fn set_unavailable(&self, down: bool) {
+        self.outage.set(down);
+    }
+
     /// Synchronous `SCAN` step; see [`CacheBackend::scan`].
     pub fn scan_step(&self, pattern: &str, cursor: u64, count: u32) -> ScanPage {
         let entries = lock(&self.entries);
@@ -125,15 +152,17 @@ impl CacheBackend for MemoryCache {
     }
 
     async fn scan(&self, pattern: &str, cursor: u64, count: u32) -> Result<ScanPage, BackendError> {
+        self.outage.check()?;
         Ok(self.scan_step(pattern, cursor, count))
     }
 
     async fn delete(&self, keys: &[String]) -> Result<u64, BackendError> {
+        self.outage.check()?;
         Ok(self.unlink(keys))
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
-        Ok(())
+        self.outage.check()
     }
 }
 
@@ -164,6 +193,7 @@ struct GraphState {
 #[derive(Clone, Default)]
 pub struct MemoryGraph {
     state: Arc<Mutex<GraphState>>,
+    outage: Outage,
 }
 
 fn merge_properties(target: &mut BTreeMap<String, Value>, properties: &[(String, Value)]) {
@@ -181,6 +211,11 @@ fn merge_properties(target: &mut BTreeMap<String, Value>, properties: &[(String,
 }
 
 impl MemoryGraph {
+    /// While `down`, every call fails as `unavailable`.
+    pub fn set_unavailable(&self, down: bool) {
+        self.outage.set(down);
+    }
+
     /// Every node, sorted by label then id.
     pub fn nodes(&self) -> Vec<StoredNode> {
         let state = lock(&self.state);
@@ -253,6 +288,7 @@ impl GraphBackend for MemoryGraph {
         node: &NodeKey,
         properties: &[(String, Value)],
     ) -> Result<(), BackendError> {
+        self.outage.check()?;
         let mut state = lock(&self.state);
         merge_properties(state.nodes.entry(node.clone()).or_default(), properties);
         Ok(())
@@ -265,6 +301,7 @@ impl GraphBackend for MemoryGraph {
         target: &NodeKey,
         properties: &[(String, Value)],
     ) -> Result<(), BackendError> {
+        self.outage.check()?;
         let mut state = lock(&self.state);
         state.nodes.entry(source.clone()).or_default();
         state.nodes.entry(target.clone()).or_default();
@@ -277,7 +314,7 @@ impl GraphBackend for MemoryGraph {
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
-        Ok(())
+        self.outage.check()
     }
 }
 

@@ -1,0 +1,114 @@
+//! The `switchyard` command line, run as a user runs it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+use switchyard_tests::artifacts::{STORY_TRANSITIONS, WRONG_WORLD};
+
+fn switchyard() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+}
+
+fn example(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples").join(path)
+}
+
+fn temp_file(name: &str, contents: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("switchyard-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+#[test]
+fn test_command_runs_the_stress_scenario_to_fifty_acks_and_no_keys_left() {
+    let output = switchyard()
+        .arg("test")
+        .arg(STORY_TRANSITIONS)
+        .arg("--events")
+        .arg(example("stress/events.jsonl"))
+        .arg("--cache")
+        .arg(example("stress/cache.json"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("exactly one JSON object on stdout");
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 50);
+    assert!(results.iter().all(|r| r["outcome"] == "ack"), "{results:?}");
+    assert_eq!(report["cache_keys"], serde_json::json!(["context:STRESS-NEO-OTHER"]));
+    let nodes = report["graph_nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 50);
+    assert!(nodes.iter().all(|n| n["label"] == "PhaseTransition"));
+    assert_eq!(nodes[0]["id"], "STRESS-NEO-0001:2026-01-01T00:00:01Z");
+    assert_eq!(nodes[0]["properties"]["from_phase"], "DESIGN");
+    assert_eq!(report["graph_relations"], serde_json::json!([]));
+}
+
+#[test]
+fn test_command_prints_a_readable_table_by_default() {
+    let output = switchyard()
+        .args(["test", STORY_TRANSITIONS, "--events"])
+        .arg(example("stress/events.jsonl"))
+        .arg("--cache")
+        .arg(example("stress/cache.json"))
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.contains("50 events: 50 ack, 0 retry, 0 reject"), "{table}");
+    assert!(table.contains("cache: 50 keys deleted, 1 keys left"), "{table}");
+    assert!(table.contains("graph: 50 nodes"), "{table}");
+}
+
+#[test]
+fn test_command_reports_rejects_with_their_reason_and_config_is_applied() {
+    let events = temp_file(
+        "mixed.jsonl",
+        "{\"subject\":\"s\",\"payload\":\"{oops\"}\n{\"subject\":\"s\",\"payload\":{\"story_id\":\"S1\",\"timestamp\":\"t\"}}\n",
+    );
+    let cache = temp_file("cache.json", "{\"ctx/S1\": \"v\", \"context:S1\": \"v\"}");
+    let output = switchyard()
+        .args(["test", STORY_TRANSITIONS, "--json", "--config", "key_prefix=ctx/", "--events"])
+        .arg(&events)
+        .arg("--cache")
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["results"][0]["outcome"], "reject");
+    assert!(report["results"][0]["detail"].as_str().unwrap().contains("JSON"));
+    assert_eq!(report["results"][1]["outcome"], "ack");
+    assert_eq!(report["cache_keys"], serde_json::json!(["context:S1"]));
+}
+
+#[test]
+fn test_command_refuses_a_plugin_of_the_wrong_world_in_one_line() {
+    let output = switchyard()
+        .args(["test", WRONG_WORLD, "--events"])
+        .arg(example("stress/events.jsonl"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("does not fit the switchyard:handler/event-handler world"), "{stderr}");
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn test_command_names_the_bad_line_of_an_events_file() {
+    let events = temp_file("bad.jsonl", "{\"subject\":\"s\",\"payload\":1}\nnot json\n");
+    let output = switchyard()
+        .args(["test", STORY_TRANSITIONS, "--events"])
+        .arg(&events)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("line 2: not JSON"), "{stderr}");
+}
