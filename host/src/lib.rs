@@ -12,12 +12,19 @@
 //! - [`backend`]: where effects land: [`backend::memory`],
 //!   [`backend::valkey`], [`backend::neo4j`].
 //! - [`glob`]: Valkey's glob matcher, shared by the in-memory cache.
+//! - [`config`]: the service's TOML configuration and its overrides.
+//! - [`service`]: start-up, handlers, readiness; [`service::run`].
+//! - [`source`]: [`source::jetstream`], the durable consumers and how each
+//!   outcome is settled (ack, nak with delay, dead letter).
 //! - [`isolation`]: runs a plugin over a list of events on in-memory
 //!   backends; behind `switchyard test` and the `switchyard-testing` harness.
 
 pub mod backend;
 pub mod bindings;
 pub mod capability;
+pub mod config;
 pub mod glob;
 pub mod isolation;
 pub mod runtime;
+pub mod service;
+pub mod source;

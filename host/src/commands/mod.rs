@@ -1,1 +1,2 @@
+pub mod serve;
 pub mod test;

@@ -1,0 +1,214 @@
+//! The service: configuration in, running handlers out.
+//!
+//! [`run`] resolves everything before it consumes anything: it loads and
+//! checks every plugin, connects NATS and the backends (retrying, with a
+//! log line per attempt, while readiness stays false), makes sure the
+//! streams and durable consumers exist, then starts one consumer task per
+//! handler (see [`crate::source::jetstream`]). It returns when `shutdown`
+//! resolves and every in-flight event has been settled.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::memory::{MemoryCache, MemoryGraph};
+use crate::backend::neo4j::Neo4jGraph;
+use crate::backend::valkey::ValkeyCache;
+use crate::backend::{BackendError, Backends, CacheBackend, GraphBackend};
+use crate::capability::HandlerEnv;
+use crate::config::{Config, HandlerConfig};
+use crate::runtime::{Plugin, Runtime, RuntimeConfig};
+use crate::source::jetstream;
+
+/// One configured handler: its settings, its environment and the plugin
+/// version currently live.
+pub struct Handler {
+    pub config: HandlerConfig,
+    pub env: Arc<HandlerEnv>,
+    /// Swapped whole on reload; each event runs on the version it loaded.
+    pub plugin: ArcSwap<Plugin>,
+    pub stats: HandlerStats,
+}
+
+impl Handler {
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+}
+
+/// Running totals for one handler.
+#[derive(Default)]
+pub struct HandlerStats {
+    pub handled: AtomicU64,
+    pub acked: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub keys_deleted: AtomicU64,
+}
+
+/// What `/readyz` reports: every dependency answering.
+#[derive(Default)]
+pub struct Health {
+    pub nats: AtomicBool,
+    pub cache: AtomicBool,
+    pub graph: AtomicBool,
+    pub consumers: AtomicBool,
+}
+
+impl Health {
+    pub fn ready(&self) -> bool {
+        self.nats.load(Ordering::Relaxed)
+            && self.cache.load(Ordering::Relaxed)
+            && self.graph.load(Ordering::Relaxed)
+            && self.consumers.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything consumer tasks share.
+pub struct Shared {
+    pub config: Config,
+    pub runtime: Arc<Runtime>,
+    pub handlers: Vec<Arc<Handler>>,
+    pub health: Arc<Health>,
+    pub backends: Backends,
+}
+
+/// Runs the service until `shutdown` is cancelled.
+pub async fn run(config: Config, health: Arc<Health>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let runtime = Runtime::new(RuntimeConfig {
+        max_instances: config.runtime.max_instances,
+        ..RuntimeConfig::default()
+    })?;
+    let runtime = Arc::new(runtime);
+
+    // Plugins first: a plugin that cannot load is a configuration error and
+    // must stop start-up before anything connects.
+    let mut plugins = Vec::new();
+    for handler in &config.handlers {
+        let path = handler.plugin.clone();
+        let rt = runtime.clone();
+        let plugin = tokio::task::spawn_blocking(move || rt.load_file(&path))
+            .await?
+            .map_err(|e| anyhow::anyhow!("handler `{}`: {e}", handler.name))?;
+        tracing::info!(handler = %handler.name, plugin = %plugin.digest(), path = %handler.plugin.display(), "plugin loaded");
+        plugins.push(plugin);
+    }
+
+    let nats = jetstream::connect(&config.nats, health.clone()).await?;
+    let backends = tokio::select! {
+        backends = connect_backends(&config, &health) => backends,
+        () = shutdown.cancelled() => return Ok(()),
+    };
+    let handlers: Vec<Arc<Handler>> = config
+        .handlers
+        .iter()
+        .zip(plugins)
+        .map(|(handler, plugin)| {
+            Arc::new(Handler {
+                env: HandlerEnv::new(
+                    handler.name.clone(),
+                    handler.config.clone(),
+                    backends.clone(),
+                    handler.limits(),
+                ),
+                config: handler.clone(),
+                plugin: ArcSwap::new(plugin),
+                stats: HandlerStats::default(),
+            })
+        })
+        .collect();
+    let shared = Arc::new(Shared {
+        config,
+        runtime,
+        handlers,
+        health: health.clone(),
+        backends,
+    });
+
+    let consumers = jetstream::start(&nats, shared.clone(), shutdown.clone()).await?;
+    health.consumers.store(true, Ordering::Relaxed);
+    tokio::spawn(watch_backends(shared.clone(), shutdown.clone()));
+    tracing::info!(handlers = shared.handlers.len(), "switchyard is consuming");
+
+    for consumer in consumers {
+        if let Err(error) = consumer.await {
+            tracing::error!(%error, "consumer task failed");
+        }
+    }
+    health.consumers.store(false, Ordering::Relaxed);
+    tracing::info!("all consumers stopped; every in-flight event is settled");
+    Ok(())
+}
+
+/// Connects the cache and graph named in the configuration, retrying each
+/// until it answers. Never falls back to another backend.
+pub async fn connect_backends(config: &Config, health: &Health) -> Backends {
+    let cache: Arc<dyn CacheBackend> = if config.cache.url.starts_with("memory://") {
+        tracing::warn!("cache.url is memory://: cache effects stay in this process");
+        Arc::new(MemoryCache::default())
+    } else {
+        let url = config.cache.url.clone();
+        Arc::new(retry_connect("cache", &url, || ValkeyCache::connect(&url)).await)
+    };
+    health.cache.store(true, Ordering::Relaxed);
+    let graph: Arc<dyn GraphBackend> = if config.graph.url.starts_with("memory://") {
+        tracing::warn!("graph.url is memory://: graph effects stay in this process");
+        Arc::new(MemoryGraph::default())
+    } else {
+        let (url, user, password) = (&config.graph.url, &config.graph.user, &config.graph.password);
+        Arc::new(retry_connect("graph", url, || Neo4jGraph::connect(url, user, password)).await)
+    };
+    health.graph.store(true, Ordering::Relaxed);
+    Backends { cache, graph }
+}
+
+async fn retry_connect<T, F, Fut>(what: &str, url: &str, mut connect: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BackendError>>,
+{
+    let mut delay = Duration::from_millis(250);
+    let mut attempt = 1u32;
+    loop {
+        match connect().await {
+            Ok(backend) => {
+                tracing::info!(backend = what, %url, "connected");
+                return backend;
+            }
+            Err(error) => {
+                tracing::warn!(backend = what, %url, attempt, %error, retry_in = ?delay, "backend not answering; not ready until it does");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Keeps readiness in step with the backends after start-up.
+async fn watch_backends(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let cache = shared.backends.cache.ping().await;
+        let graph = shared.backends.graph.ping().await;
+        report(&shared.health.cache, "cache", cache);
+        report(&shared.health.graph, "graph", graph);
+    }
+}
+
+fn report(flag: &AtomicBool, what: &str, result: Result<(), BackendError>) {
+    let up = result.is_ok();
+    let was = flag.swap(up, Ordering::Relaxed);
+    match result {
+        Err(error) if was => tracing::warn!(backend = what, %error, "backend stopped answering"),
+        Ok(()) if !was => tracing::info!(backend = what, "backend answering again"),
+        _ => {}
+    }
+}

@@ -1,0 +1,3 @@
+//! Where events come from. Today: NATS JetStream ([`jetstream`]).
+
+pub mod jetstream;
