@@ -79,3 +79,44 @@ where
     }
     panic!("{what} did not happen within {timeout:?}; last state: {last}");
 }
+
+/// Tests that stop or restart a server take this lock exclusively; every
+/// other real-service test holds it shared, so a fault never lands in the
+/// middle of an unrelated test.
+static FAULTS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Held by a test that only uses the servers.
+pub async fn shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    FAULTS.read().await
+}
+
+/// Held by a test that injects faults into the servers.
+pub async fn exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    FAULTS.write().await
+}
+
+/// A connection to the test Valkey.
+pub async fn valkey() -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(valkey_url()).expect("valid Valkey URL");
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to Valkey at {}: {e}", valkey_url()))
+}
+
+/// A connection to the test Neo4j (authentication is disabled there).
+pub async fn neo4j() -> neo4rs::Graph {
+    neo4rs::Graph::new(neo4j_url(), "neo4j", "switchyard")
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to Neo4j at {}: {e}", neo4j_url()))
+}
+
+/// A JetStream context on the test NATS.
+pub async fn jetstream() -> async_nats::jetstream::Context {
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(nats_url())
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to NATS at {}: {e}", nats_url()));
+    async_nats::jetstream::new(client)
+}

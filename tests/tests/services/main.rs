@@ -1,0 +1,6 @@
+//! Tests against the real NATS, Valkey and Neo4j started by
+//! `scripts/services up`. A missing server fails the test that needs it.
+
+mod differential;
+mod e2e;
+mod support;
