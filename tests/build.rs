@@ -29,16 +29,13 @@ fn main() {
     let mut command = Command::new(cargo);
     command
         .current_dir(&root)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+        .args(["build", "--profile", "wasm", "--target", "wasm32-wasip2", "--target-dir"])
         .arg(&target_dir)
         // Flags meant for the host build must not leak into the guest build.
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_BUILD_RUSTFLAGS")
-        .env_remove("CARGO_TARGET_DIR")
-        // Components carry no debug info: smaller files compile faster.
-        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");
+        .env_remove("CARGO_TARGET_DIR");
     for (package, _, _) in ARTIFACTS {
         command.args(["-p", package]);
     }
@@ -56,7 +53,7 @@ fn main() {
     for (package, stem, name) in ARTIFACTS {
         let path = target_dir
             .join("wasm32-wasip2")
-            .join("release")
+            .join("wasm")
             .join(format!("{stem}.wasm"));
         assert!(path.exists(), "{package} built but {} is missing", path.display());
         let _ = writeln!(

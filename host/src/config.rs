@@ -86,6 +86,10 @@ fn default_dead_letter_subject() -> String {
 pub struct CacheConfig {
     /// `redis://host:port/db` or `memory://`.
     pub url: String,
+    /// With `memory://` only: a JSON object of key to value loaded at
+    /// start-up, relative to the config file.
+    #[serde(default)]
+    pub seed: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -299,6 +303,11 @@ impl Config {
                 handler.plugin = base.join(&handler.plugin);
             }
         }
+        if let Some(seed) = &mut config.cache.seed
+            && seed.is_relative()
+        {
+            *seed = base.join(&*seed);
+        }
         Ok(config)
     }
 
@@ -341,6 +350,9 @@ impl Config {
         check_url("nats.url", &self.nats.url, &["nats", "tls"])?;
         check_url("cache.url", &self.cache.url, &["redis", "rediss", "memory"])?;
         check_url("graph.url", &self.graph.url, &["bolt", "neo4j", "memory"])?;
+        if self.cache.seed.is_some() && !self.cache.url.starts_with("memory://") {
+            return Err(invalid("cache.seed", "only a memory:// cache can be seeded"));
+        }
         check_name("nats.stream", &self.nats.stream)?;
         check_name("nats.dead_letter_stream", &self.nats.dead_letter_stream)?;
         if self.nats.stream == self.nats.dead_letter_stream {

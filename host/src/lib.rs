@@ -14,6 +14,8 @@
 //! - [`glob`]: Valkey's glob matcher, shared by the in-memory cache.
 //! - [`config`]: the service's TOML configuration and its overrides.
 //! - [`service`]: start-up, handlers, readiness; [`service::run`].
+//! - [`metrics`]: the Prometheus registry; [`http`]: `/metrics`,
+//!   `/healthz`, `/readyz`.
 //! - [`source`]: [`source::jetstream`], the durable consumers and how each
 //!   outcome is settled (ack, nak with delay, dead letter).
 //! - [`isolation`]: runs a plugin over a list of events on in-memory
@@ -24,7 +26,9 @@ pub mod bindings;
 pub mod capability;
 pub mod config;
 pub mod glob;
+pub mod http;
 pub mod isolation;
+pub mod metrics;
 pub mod runtime;
 pub mod service;
 pub mod source;

@@ -27,6 +27,8 @@ enum LogFormat {
 enum Command {
     /// Consume events from NATS JetStream and run them through the configured handlers.
     Serve(commands::serve::ServeArgs),
+    /// Publish an events file (the `test` format) to JetStream.
+    Publish(commands::publish::PublishArgs),
     /// Run a plugin over events on in-memory backends and report outcomes and effects.
     Test(commands::test::TestArgs),
 }
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => commands::serve::run(args),
+        Command::Publish(args) => commands::publish::run(args),
         Command::Test(args) => commands::test::run(args),
     };
     match result {

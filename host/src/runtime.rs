@@ -214,6 +214,20 @@ pub enum Fault {
     Instantiate(String),
 }
 
+impl Fault {
+    /// A short name for metrics: `deadline`, `memory`, `host_call_limit`,
+    /// `trap` or `instantiate`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::Deadline(_) => "deadline",
+            Fault::Memory { .. } => "memory",
+            Fault::HostCallLimit(_) => "host_call_limit",
+            Fault::Trap(_) => "trap",
+            Fault::Instantiate(_) => "instantiate",
+        }
+    }
+}
+
 /// The result of running one event.
 #[derive(Debug, Clone)]
 pub struct Dispatch {

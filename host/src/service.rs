@@ -20,6 +20,7 @@ use crate::backend::valkey::ValkeyCache;
 use crate::backend::{BackendError, Backends, CacheBackend, GraphBackend};
 use crate::capability::HandlerEnv;
 use crate::config::{Config, HandlerConfig};
+use crate::metrics::Metrics;
 use crate::runtime::{Plugin, Runtime, RuntimeConfig};
 use crate::source::jetstream;
 
@@ -73,7 +74,10 @@ pub struct Shared {
     pub runtime: Arc<Runtime>,
     pub handlers: Vec<Arc<Handler>>,
     pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
     pub backends: Backends,
+    /// Set when the cache is `memory://`, to report what is left at exit.
+    pub memory_cache: Option<MemoryCache>,
 }
 
 /// Runs the service until `shutdown` is cancelled.
@@ -83,6 +87,10 @@ pub async fn run(config: Config, health: Arc<Health>, shutdown: CancellationToke
         ..RuntimeConfig::default()
     })?;
     let runtime = Arc::new(runtime);
+    let metrics = Arc::new(Metrics::new());
+    if !config.http.listen.is_empty() {
+        crate::http::serve(&config.http.listen, health.clone(), metrics.clone(), shutdown.clone()).await?;
+    }
 
     // Plugins first: a plugin that cannot load is a configuration error and
     // must stop start-up before anything connects.
@@ -94,12 +102,13 @@ pub async fn run(config: Config, health: Arc<Health>, shutdown: CancellationToke
             .await?
             .map_err(|e| anyhow::anyhow!("handler `{}`: {e}", handler.name))?;
         tracing::info!(handler = %handler.name, plugin = %plugin.digest(), path = %handler.plugin.display(), "plugin loaded");
+        metrics.plugin_live(&handler.name, None, plugin.digest().as_str());
         plugins.push(plugin);
     }
 
     let nats = jetstream::connect(&config.nats, health.clone()).await?;
-    let backends = tokio::select! {
-        backends = connect_backends(&config, &health) => backends,
+    let (backends, memory_cache) = tokio::select! {
+        backends = connect_backends(&config, &health) => backends?,
         () = shutdown.cancelled() => return Ok(()),
     };
     let handlers: Vec<Arc<Handler>> = config
@@ -125,7 +134,9 @@ pub async fn run(config: Config, health: Arc<Health>, shutdown: CancellationToke
         runtime,
         handlers,
         health: health.clone(),
+        metrics,
         backends,
+        memory_cache,
     });
 
     let consumers = jetstream::start(&nats, shared.clone(), shutdown.clone()).await?;
@@ -140,15 +151,41 @@ pub async fn run(config: Config, health: Arc<Health>, shutdown: CancellationToke
     }
     health.consumers.store(false, Ordering::Relaxed);
     tracing::info!("all consumers stopped; every in-flight event is settled");
+    for handler in &shared.handlers {
+        let stats = &handler.stats;
+        tracing::info!(
+            handler = %handler.name(),
+            handled = stats.handled.load(Ordering::Relaxed),
+            acked = stats.acked.load(Ordering::Relaxed),
+            retried = stats.retried.load(Ordering::Relaxed),
+            dead_lettered = stats.dead_lettered.load(Ordering::Relaxed),
+            keys_deleted = stats.keys_deleted.load(Ordering::Relaxed),
+            "handler totals"
+        );
+    }
+    if let Some(cache) = &shared.memory_cache {
+        let keys = cache.keys();
+        tracing::info!(keys_left = keys.len(), keys = ?keys.iter().take(20).collect::<Vec<_>>(), "memory cache at exit");
+    }
     Ok(())
 }
 
 /// Connects the cache and graph named in the configuration, retrying each
 /// until it answers. Never falls back to another backend.
-pub async fn connect_backends(config: &Config, health: &Health) -> Backends {
+pub async fn connect_backends(
+    config: &Config,
+    health: &Health,
+) -> anyhow::Result<(Backends, Option<MemoryCache>)> {
+    let mut memory_cache = None;
     let cache: Arc<dyn CacheBackend> = if config.cache.url.starts_with("memory://") {
         tracing::warn!("cache.url is memory://: cache effects stay in this process");
-        Arc::new(MemoryCache::default())
+        let cache = MemoryCache::default();
+        if let Some(seed) = &config.cache.seed {
+            let count = seed_memory_cache(&cache, seed)?;
+            tracing::info!(keys = count, seed = %seed.display(), "memory cache seeded");
+        }
+        memory_cache = Some(cache.clone());
+        Arc::new(cache)
     } else {
         let url = config.cache.url.clone();
         Arc::new(retry_connect("cache", &url, || ValkeyCache::connect(&url)).await)
@@ -162,7 +199,24 @@ pub async fn connect_backends(config: &Config, health: &Health) -> Backends {
         Arc::new(retry_connect("graph", url, || Neo4jGraph::connect(url, user, password)).await)
     };
     health.graph.store(true, Ordering::Relaxed);
-    Backends { cache, graph }
+    Ok((Backends { cache, graph }, memory_cache))
+}
+
+fn seed_memory_cache(cache: &MemoryCache, path: &std::path::Path) -> anyhow::Result<usize> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read cache.seed {}", path.display()))?;
+    let entries: std::collections::BTreeMap<String, serde_json::Value> = serde_json::from_str(&text)
+        .with_context(|| format!("cache.seed {} must be a JSON object of key to value", path.display()))?;
+    let count = entries.len();
+    for (key, value) in entries {
+        let value = match value {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        cache.set(key, value);
+    }
+    Ok(count)
 }
 
 async fn retry_connect<T, F, Fut>(what: &str, url: &str, mut connect: F) -> T

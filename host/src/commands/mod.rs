@@ -1,2 +1,3 @@
+pub mod publish;
 pub mod serve;
 pub mod test;

@@ -153,6 +153,12 @@ pub async fn start(
             })?,
         };
         tracing::info!(handler = %handler.name(), durable = %handler.config.durable, subjects = ?handler.config.subjects, "consumer ready");
+        tokio::spawn(watch_consumer(
+            consumer.clone(),
+            handler.clone(),
+            shared.clone(),
+            shutdown.clone(),
+        ));
         tasks.push(tokio::spawn(consume(
             js.clone(),
             consumer,
@@ -162,6 +168,27 @@ pub async fn start(
         )));
     }
     Ok(tasks)
+}
+
+/// Keeps the pending and ack-pending gauges current.
+async fn watch_consumer(
+    mut consumer: PullConsumer,
+    handler: Arc<Handler>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        if let Ok(info) = consumer.info().await {
+            shared
+                .metrics
+                .consumer_state(handler.name(), info.num_pending, info.num_ack_pending);
+        }
+    }
 }
 
 async fn consume(
@@ -280,6 +307,7 @@ async fn handle(js: &Context, handler: &Handler, shared: &Shared, message: Messa
             published_at_ms: millis_since_epoch(published.into()),
         };
         let dispatch = shared.runtime.dispatch(&plugin, &handler.env, event).await;
+        shared.metrics.record(handler.name(), attempt, &dispatch);
         let stats = &handler.stats;
         stats.handled.fetch_add(1, Ordering::Relaxed);
         stats.keys_deleted.fetch_add(dispatch.effects.keys_deleted, Ordering::Relaxed);
@@ -371,6 +399,7 @@ async fn dead_letter(
     match published.await {
         Ok(_) => {
             handler.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.dead_lettered(handler.name());
             tracing::warn!(%reason, dead_letter_subject = %subject, "event dead-lettered");
             if let Err(error) = message.ack_with(AckKind::Term).await {
                 tracing::warn!(%error, "term failed after dead-lettering; a redelivery will be dead-lettered again");
