@@ -71,6 +71,27 @@ pub struct NatsConfig {
     /// Dead letters of handler `h` go to `<dead_letter_subject>.<h>`.
     #[serde(default = "default_dead_letter_subject")]
     pub dead_letter_subject: String,
+    /// Object Store bucket holding pushed plugin versions.
+    #[serde(default = "default_plugin_bucket")]
+    pub plugin_bucket: String,
+    /// Key-Value bucket holding each handler's live version.
+    #[serde(default = "default_plugin_kv")]
+    pub plugin_kv: String,
+    /// Hosts answer `<control_subject>.status` requests.
+    #[serde(default = "default_control_subject")]
+    pub control_subject: String,
+}
+
+fn default_plugin_bucket() -> String {
+    "switchyard-plugins".into()
+}
+
+fn default_plugin_kv() -> String {
+    "switchyard-plugin-live".into()
+}
+
+fn default_control_subject() -> String {
+    "switchyard.control".into()
 }
 
 fn default_dead_letter_stream() -> String {
@@ -148,8 +169,18 @@ impl Default for RuntimeSection {
 #[serde(deny_unknown_fields)]
 pub struct HandlerConfig {
     pub name: String,
-    /// Path to the plugin component, relative to the config file.
-    pub plugin: PathBuf,
+    /// Path to the plugin component, relative to the config file. The file
+    /// is watched: a new version goes live without a restart.
+    #[serde(default)]
+    pub plugin: Option<PathBuf>,
+    /// Instead of `plugin`: take versions from the control plane (pushed
+    /// with `switchyard plugin push <name>`) under this name.
+    #[serde(default)]
+    pub plugin_object: Option<String>,
+    /// Events with expected outcomes (the fixtures format) a new version
+    /// must pass before it goes live; relative to the config file.
+    #[serde(default)]
+    pub fixtures: Option<PathBuf>,
     pub subjects: Vec<String>,
     pub durable: String,
     /// Deliveries before an event is dead-lettered.
@@ -180,6 +211,35 @@ pub struct HandlerConfig {
     /// booleans are passed as their text.
     #[serde(default, deserialize_with = "string_map")]
     pub config: BTreeMap<String, String>,
+    /// The cache keys, graph labels and relations the handler may touch;
+    /// without the table, none. See [`crate::grant`].
+    #[serde(default)]
+    pub grants: crate::grant::GrantsConfig,
+    /// Per-key ordering: JSON pointers into the payload (a string or a
+    /// list; the first that resolves gives the key). Events with the same
+    /// key run one at a time, in stream order.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub order_key: Vec<String>,
+    /// Per-key ordering by a subject token instead (0-based).
+    #[serde(default)]
+    pub order_key_subject_token: Option<u32>,
+    /// At shutdown, how long in-flight events may still run before they are
+    /// stopped and nak'ed.
+    #[serde(default = "default_drain_grace", with = "humantime_serde")]
+    pub drain_grace: Duration,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
 }
 
 fn string_map<'de, D: serde::Deserializer<'de>>(
@@ -228,6 +288,9 @@ fn default_memory_mib() -> u32 {
 }
 fn default_max_host_calls() -> u64 {
     10_000
+}
+fn default_drain_grace() -> Duration {
+    Duration::from_secs(20)
 }
 
 /// Exponential backoff with jitter: `base * 2^(attempt-1)`, capped at `max`,
@@ -299,8 +362,15 @@ impl Config {
         // service happens to be started.
         let base = path.parent().unwrap_or(Path::new("."));
         for handler in &mut config.handlers {
-            if handler.plugin.is_relative() {
-                handler.plugin = base.join(&handler.plugin);
+            if let Some(plugin) = &mut handler.plugin
+                && plugin.is_relative()
+            {
+                *plugin = base.join(&*plugin);
+            }
+            if let Some(fixtures) = &mut handler.fixtures
+                && fixtures.is_relative()
+            {
+                *fixtures = base.join(&*fixtures);
             }
         }
         if let Some(seed) = &mut config.cache.seed
@@ -362,6 +432,9 @@ impl Config {
             return Err(invalid("nats.stream_subjects", "needs at least one subject"));
         }
         check_subject_prefix("nats.dead_letter_subject", &self.nats.dead_letter_subject)?;
+        check_subject_prefix("nats.control_subject", &self.nats.control_subject)?;
+        check_name("nats.plugin_bucket", &self.nats.plugin_bucket)?;
+        check_name("nats.plugin_kv", &self.nats.plugin_kv)?;
         for subject in &self.nats.stream_subjects {
             let dead_letter = format!("{}.x", self.nats.dead_letter_subject);
             if subject_matches(subject, &dead_letter) {
@@ -385,6 +458,11 @@ impl Config {
                 return Err(invalid(key("name"), format!("handler `{}` is configured twice", handler.name)));
             }
             check_name(&key("durable"), &handler.durable)?;
+            match (&handler.plugin, &handler.plugin_object) {
+                (Some(_), None) => {}
+                (None, Some(object)) => check_name(&key("plugin_object"), object)?,
+                _ => return Err(invalid(key("plugin"), "set exactly one of `plugin` (a file) and `plugin_object` (pushed versions)")),
+            }
             if handler.subjects.is_empty() {
                 return Err(invalid(key("subjects"), "needs at least one subject"));
             }
@@ -426,9 +504,32 @@ impl Config {
             if handler.retry.base.is_zero() || handler.retry.base > handler.retry.max {
                 return Err(invalid(key("retry.base"), "must be above 0 and at most retry.max"));
             }
+            if let Err((field, message)) = handler.grants.check() {
+                return Err(invalid(key(&format!("grants.{field}")), message));
+            }
+            check_order_key(handler).map_err(|(field, message)| invalid(key(field), message))?;
+            if handler.drain_grace > Duration::from_secs(3600) {
+                return Err(invalid(key("drain_grace"), "must be at most 1h"));
+            }
         }
         Ok(())
     }
+}
+
+fn check_order_key(handler: &HandlerConfig) -> Result<(), (&'static str, String)> {
+    if handler.order_key_subject_token.is_some() && !handler.order_key.is_empty() {
+        return Err(("order_key", "set either order_key or order_key_subject_token, not both".into()));
+    }
+    if handler.order_key_subject_token.is_some_and(|token| token > 255) {
+        return Err(("order_key_subject_token", "must be between 0 and 255".into()));
+    }
+    for pointer in &handler.order_key {
+        crate::source::jetstream::Pointer::parse(pointer).map_err(|message| ("order_key", message))?;
+        if pointer.is_empty() {
+            return Err(("order_key", "the empty pointer (the whole payload) is not a key".into()));
+        }
+    }
+    Ok(())
 }
 
 fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
@@ -707,6 +808,73 @@ key_prefix = "context:"
         assert_eq!(retry.delay(1), Duration::from_millis(100));
         assert_eq!(retry.delay(3), Duration::from_millis(400));
         assert_eq!(retry.delay(40), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn grants_default_to_nothing_and_are_read_from_the_table() {
+        let config = parse(MINIMAL, &[]).unwrap();
+        assert_eq!(config.handlers[0].grants, crate::grant::GrantsConfig::default());
+        assert!(config.handlers[0].grants.cache_keys.is_empty());
+        let text = format!(
+            "{MINIMAL}\n[handlers.grants]\ncache_keys = [\"context:*\"]\nmax_delete_keys = 500\ngraph_labels = [\"PhaseTransition\"]\n"
+        );
+        let grants = &parse(&text, &[]).unwrap().handlers[0].grants;
+        assert_eq!(grants.cache_keys, ["context:*"]);
+        assert_eq!(grants.max_delete_keys, 500);
+        assert_eq!(grants.graph_labels, ["PhaseTransition"]);
+        assert!(grants.graph_relations.is_empty());
+        let overridden = parse(MINIMAL, &[("SWITCHYARD_HANDLERS__0__GRANTS__CACHE_KEYS", "[\"ctx:*\", \"x\"]")]).unwrap();
+        assert_eq!(overridden.handlers[0].grants.cache_keys, ["ctx:*", "x"]);
+    }
+
+    #[test]
+    fn refuses_bad_grants_naming_the_key() {
+        let text = format!("{MINIMAL}\n[handlers.grants]\ngraph_labels = [\"A`) DETACH DELETE n //\"]\n");
+        let error = parse(&text, &[]).unwrap_err().to_string();
+        assert!(error.starts_with("config key `handlers[0].grants.graph_labels`: label"), "{error}");
+        let text = format!("{MINIMAL}\n[handlers.grants]\nmax_delete_keys = 0\n");
+        let error = parse(&text, &[]).unwrap_err().to_string();
+        assert!(error.starts_with("config key `handlers[0].grants.max_delete_keys`"), "{error}");
+        let text = format!("{MINIMAL}\n[handlers.grants]\ncache_key = [\"x\"]\n");
+        let error = parse(&text, &[]).unwrap_err().to_string();
+        assert!(error.contains("unknown field `cache_key`"), "{error}");
+    }
+
+    #[test]
+    fn order_key_is_one_pointer_or_a_list_and_drain_grace_has_a_default() {
+        let config = parse(MINIMAL, &[]).unwrap();
+        assert!(config.handlers[0].order_key.is_empty());
+        assert_eq!(config.handlers[0].order_key_subject_token, None);
+        assert_eq!(config.handlers[0].drain_grace, Duration::from_secs(20));
+        let text = MINIMAL.replace("max_deliver = 20", "order_key = \"/story_id\"\ndrain_grace = \"3s\"");
+        let handler = &parse(&text, &[]).unwrap().handlers[0];
+        assert_eq!(handler.order_key, ["/story_id"]);
+        assert_eq!(handler.drain_grace, Duration::from_secs(3));
+        let text = MINIMAL.replace("max_deliver = 20", "order_key = [\"/payload/story_id\", \"/story_id\"]");
+        assert_eq!(parse(&text, &[]).unwrap().handlers[0].order_key, ["/payload/story_id", "/story_id"]);
+        let text = MINIMAL.replace("max_deliver = 20", "order_key_subject_token = 2");
+        assert_eq!(parse(&text, &[]).unwrap().handlers[0].order_key_subject_token, Some(2));
+        let overridden = parse(MINIMAL, &[("SWITCHYARD_HANDLERS__0__ORDER_KEY", "/story_id")]).unwrap();
+        assert_eq!(overridden.handlers[0].order_key, ["/story_id"]);
+    }
+
+    #[test]
+    fn refuses_bad_order_keys_and_drain_grace_naming_the_key() {
+        let cases = [
+            ("order_key = \"story_id\"", "config key `handlers[0].order_key`: JSON pointer `story_id` must start with `/`"),
+            ("order_key = \"/a~2\"", "config key `handlers[0].order_key`"),
+            ("order_key = \"\"", "config key `handlers[0].order_key`: the empty pointer"),
+            ("order_key = \"/a\"\norder_key_subject_token = 1", "config key `handlers[0].order_key`: set either"),
+            ("order_key_subject_token = 256", "config key `handlers[0].order_key_subject_token`"),
+            ("order_key_subject_token = -1", "config key `handlers[0].order_key_subject_token`"),
+            ("drain_grace = \"2h\"", "config key `handlers[0].drain_grace`: must be at most 1h"),
+            ("drain_grace = \"soon\"", "config key `handlers[0].drain_grace`"),
+        ];
+        for (line, expected) in cases {
+            let text = MINIMAL.replace("max_deliver = 20", line);
+            let error = parse(&text, &[]).unwrap_err().to_string();
+            assert!(error.starts_with(expected), "{line}: {error}");
+        }
     }
 
     #[test]

@@ -54,9 +54,13 @@ impl EventSpec {
     /// is sent serialised.
     pub fn parse_line(line: &str) -> Result<Self, String> {
         let value: Json = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
-        let Json::Object(mut object) = value else {
+        let Json::Object(object) = value else {
             return Err("an event must be a JSON object".into());
         };
+        Self::from_object(object)
+    }
+
+    fn from_object(mut object: Map<String, Json>) -> Result<Self, String> {
         let subject = match object.remove("subject") {
             Some(Json::String(s)) if !s.is_empty() => s,
             Some(_) => return Err("\"subject\" must be a non-empty string".into()),
@@ -99,6 +103,87 @@ impl EventSpec {
             .map(|(i, line)| Self::parse_line(line).map_err(|e| format!("line {}: {e}", i + 1)))
             .collect()
     }
+}
+
+/// An event and the outcome a plugin version must give it before it may go
+/// live. A line of a fixtures file is an event line with an `expect` field:
+/// `"ack"`, `"retry"`, `"reject"`, or `{"outcome": "reject", "detail": "text the reason contains"}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fixture {
+    pub event: EventSpec,
+    pub outcome: String,
+    pub detail: Option<String>,
+}
+
+impl Fixture {
+    pub fn parse_line(line: &str) -> Result<Self, String> {
+        let value: Json = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+        let Json::Object(mut object) = value else {
+            return Err("a fixture must be a JSON object".into());
+        };
+        let (outcome, detail) = match object.remove("expect") {
+            Some(Json::String(outcome)) => (outcome, None),
+            Some(Json::Object(mut expect)) => {
+                let outcome = match expect.remove("outcome") {
+                    Some(Json::String(o)) => o,
+                    _ => return Err("\"expect\" needs an \"outcome\" string".into()),
+                };
+                let detail = match expect.remove("detail") {
+                    None => None,
+                    Some(Json::String(d)) => Some(d),
+                    Some(_) => return Err("\"expect.detail\" must be a string".into()),
+                };
+                (outcome, detail)
+            }
+            _ => return Err("missing \"expect\" (ack, retry, reject, or {\"outcome\", \"detail\"})".into()),
+        };
+        if !matches!(outcome.as_str(), "ack" | "retry" | "reject") {
+            return Err(format!("expected outcome {outcome:?} is not ack, retry or reject"));
+        }
+        Ok(Fixture {
+            event: EventSpec::from_object(object)?,
+            outcome,
+            detail,
+        })
+    }
+
+    /// Parses a fixtures file; errors name the 1-based line.
+    pub fn parse_lines(text: &str) -> Result<Vec<Self>, String> {
+        text.lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(i, line)| Self::parse_line(line).map_err(|e| format!("line {}: {e}", i + 1)))
+            .collect()
+    }
+}
+
+/// Runs `fixtures` through `plugin` on fresh in-memory backends; the first
+/// mismatch is the error.
+pub async fn run_fixtures(
+    runtime: Arc<Runtime>,
+    plugin: Arc<Plugin>,
+    config: BTreeMap<String, String>,
+    fixtures: &[Fixture],
+) -> Result<(), String> {
+    let mut isolation = Isolation::on(runtime, plugin, config, Limits::default());
+    for (i, fixture) in fixtures.iter().enumerate() {
+        let dispatch = isolation.send(fixture.event.clone()).await;
+        let result = isolation.results().last().cloned();
+        let detail = result.and_then(|r| r.detail).unwrap_or_default();
+        let kind = dispatch.outcome.kind();
+        let detail_ok = fixture.detail.as_ref().is_none_or(|d| detail.contains(d.as_str()));
+        if kind != fixture.outcome || !detail_ok {
+            return Err(format!(
+                "fixture {} ({}): expected {}{}, got {kind}{}",
+                i + 1,
+                fixture.event.subject,
+                fixture.outcome,
+                fixture.detail.as_ref().map(|d| format!(" containing {d:?}")).unwrap_or_default(),
+                if detail.is_empty() { String::new() } else { format!(": {detail}") },
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The result of one event, as reported.
@@ -164,9 +249,19 @@ impl Isolation {
         })
         .map_err(|e| IsolationError::Runtime(format!("{e:#}")))?);
         let plugin = runtime.load(plugin)?;
+        Ok(Self::on(runtime, plugin, config, limits))
+    }
+
+    /// A loaded plugin on an existing runtime, with fresh in-memory backends.
+    pub fn on(
+        runtime: Arc<Runtime>,
+        plugin: Arc<Plugin>,
+        config: BTreeMap<String, String>,
+        limits: Limits,
+    ) -> Self {
         let (backends, cache, graph) = Backends::in_memory();
         let env = HandlerEnv::new("isolated", config, backends, limits);
-        Ok(Isolation {
+        Isolation {
             runtime,
             plugin,
             env,
@@ -174,7 +269,7 @@ impl Isolation {
             graph,
             next_sequence: 1,
             results: Vec::new(),
-        })
+        }
     }
 
     pub fn plugin(&self) -> &Plugin {

@@ -12,23 +12,33 @@
 //! - [`backend`]: where effects land: [`backend::memory`],
 //!   [`backend::valkey`], [`backend::neo4j`].
 //! - [`glob`]: Valkey's glob matcher, shared by the in-memory cache.
+//! - [`grant`]: what each handler may touch, and scan-pattern containment.
 //! - [`config`]: the service's TOML configuration and its overrides.
 //! - [`service`]: start-up, handlers, readiness; [`service::run`].
+//! - [`control`]: the control plane on NATS: pushed versions (Object Store
+//!   and Key-Value) and host status (request/reply).
+//! - [`reload`]: hot swap; validated versions replace the live one with a
+//!   pointer exchange.
 //! - [`metrics`]: the Prometheus registry; [`http`]: `/metrics`,
 //!   `/healthz`, `/readyz`.
 //! - [`source`]: [`source::jetstream`], the durable consumers and how each
 //!   outcome is settled (ack, nak with delay, dead letter).
 //! - [`isolation`]: runs a plugin over a list of events on in-memory
 //!   backends; behind `switchyard test` and the `switchyard-testing` harness.
+//! - [`telemetry`]: OpenTelemetry (OTLP/HTTP) export of spans, when an endpoint is given.
 
 pub mod backend;
 pub mod bindings;
 pub mod capability;
 pub mod config;
+pub mod control;
 pub mod glob;
+pub mod grant;
 pub mod http;
 pub mod isolation;
 pub mod metrics;
+pub mod reload;
 pub mod runtime;
 pub mod service;
 pub mod source;
+pub mod telemetry;

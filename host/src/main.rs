@@ -13,6 +13,11 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "SWITCHYARD_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Export spans to this OpenTelemetry collector (OTLP over HTTP/protobuf,
+    /// base URL such as http://127.0.0.1:4318; traces go to <URL>/v1/traces).
+    /// Without it nothing of OpenTelemetry is started.
+    #[arg(long, global = true, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_parser = otlp_endpoint)]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,6 +32,10 @@ enum LogFormat {
 enum Command {
     /// Consume events from NATS JetStream and run them through the configured handlers.
     Serve(commands::serve::ServeArgs),
+    /// Push, list, roll back and promote plugin versions for every host.
+    Plugin(commands::plugin::PluginArgs),
+    /// Every running host with its handlers, plugin digests and last reload.
+    Status(commands::plugin::StatusArgs),
     /// Publish an events file (the `test` format) to JetStream.
     Publish(commands::publish::PublishArgs),
     /// Run a plugin over events on in-memory backends and report outcomes and effects.
@@ -35,10 +44,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // Kept until `main` returns: dropping it flushes the spans still batched.
+    let _telemetry = init_logging(cli.log_format, cli.otlp_endpoint.as_deref());
     let result = match cli.command {
         Command::Serve(args) => commands::serve::run(args),
         Command::Publish(args) => commands::publish::run(args),
+        Command::Plugin(args) => commands::plugin::run(args),
+        Command::Status(args) => commands::plugin::status(args),
         Command::Test(args) => commands::test::run(args),
     };
     match result {
@@ -52,15 +64,48 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr; `SWITCHYARD_LOG` (or `RUST_LOG`) filters them, `info`
-/// by default.
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
+/// by default. With an OTLP endpoint, spans are also exported (see
+/// `switchyard::telemetry`); the returned guard flushes them when dropped.
+fn init_logging(format: LogFormat, otlp_endpoint: Option<&str>) -> Option<switchyard::telemetry::Telemetry> {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, fmt};
     let filter = EnvFilter::try_from_env("SWITCHYARD_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let (otel, telemetry) = match otlp_endpoint.filter(|endpoint| !endpoint.trim().is_empty()) {
+        None => (None, None),
+        Some(endpoint) => match switchyard::telemetry::layer(endpoint) {
+            Ok((layer, telemetry)) => (Some(layer), Some(telemetry)),
+            Err(error) => {
+                eprintln!("switchyard: {error}");
+                std::process::exit(2);
+            }
+        },
+    };
+    let logs = match format {
+        LogFormat::Human => fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(otel)
+        .with(logs.with_filter(filter))
+        .init();
+    if let Some(telemetry) = &telemetry {
+        tracing::info!(url = telemetry.traces_url(), "exporting spans over OTLP/HTTP");
+    }
+    telemetry
+}
+
+/// Checks `--otlp-endpoint` when the command line is parsed.
+fn otlp_endpoint(value: &str) -> Result<String, String> {
+    use switchyard::telemetry::{TelemetryError, traces_endpoint};
+    // An empty value (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT=`) means no export.
+    if value.trim().is_empty() {
+        return Ok(String::new());
+    }
+    match traces_endpoint(value) {
+        Ok(_) => Ok(value.to_string()),
+        Err(TelemetryError::Endpoint { reason, .. }) => Err(reason),
+        Err(error) => Err(error.to_string()),
     }
 }

@@ -21,6 +21,9 @@ use crate::backend::{BackendError, Backends, CacheBackend, GraphBackend};
 use crate::capability::HandlerEnv;
 use crate::config::{Config, HandlerConfig};
 use crate::metrics::Metrics;
+use crate::control::{ControlPlane, HostStatus};
+use crate::reload::{self, ReloadState};
+use anyhow::Context as _;
 use crate::runtime::{Plugin, Runtime, RuntimeConfig};
 use crate::source::jetstream;
 
@@ -32,6 +35,8 @@ pub struct Handler {
     /// Swapped whole on reload; each event runs on the version it loaded.
     pub plugin: ArcSwap<Plugin>,
     pub stats: HandlerStats,
+    /// Versions offered and their results; see [`crate::reload`].
+    pub reload: std::sync::Mutex<ReloadState>,
 }
 
 impl Handler {
@@ -92,21 +97,23 @@ pub async fn run(config: Config, health: Arc<Health>, shutdown: CancellationToke
         crate::http::serve(&config.http.listen, health.clone(), metrics.clone(), shutdown.clone()).await?;
     }
 
-    // Plugins first: a plugin that cannot load is a configuration error and
-    // must stop start-up before anything connects.
+    // Plugins before backends: a plugin that cannot load is a configuration
+    // error and must stop start-up before any event is consumed.
+    let nats = jetstream::connect(&config.nats, health.clone()).await?;
+    let needs_control = config.handlers.iter().any(|h| h.plugin_object.is_some());
+    let control = if needs_control {
+        Some(ControlPlane::open(&nats, &config.nats).await?)
+    } else {
+        None
+    };
     let mut plugins = Vec::new();
     for handler in &config.handlers {
-        let path = handler.plugin.clone();
-        let rt = runtime.clone();
-        let plugin = tokio::task::spawn_blocking(move || rt.load_file(&path))
-            .await?
-            .map_err(|e| anyhow::anyhow!("handler `{}`: {e}", handler.name))?;
-        tracing::info!(handler = %handler.name, plugin = %plugin.digest(), path = %handler.plugin.display(), "plugin loaded");
+        let plugin = initial_plugin(&runtime, control.as_ref(), handler).await?;
+        tracing::info!(handler = %handler.name, plugin = %plugin.digest(), "plugin loaded");
         metrics.plugin_live(&handler.name, None, plugin.digest().as_str());
         plugins.push(plugin);
     }
 
-    let nats = jetstream::connect(&config.nats, health.clone()).await?;
     let (backends, memory_cache) = tokio::select! {
         backends = connect_backends(&config, &health) => backends?,
         () = shutdown.cancelled() => return Ok(()),
@@ -117,15 +124,17 @@ pub async fn run(config: Config, health: Arc<Health>, shutdown: CancellationToke
         .zip(plugins)
         .map(|(handler, plugin)| {
             Arc::new(Handler {
-                env: HandlerEnv::new(
+                env: HandlerEnv::with_grants(
                     handler.name.clone(),
                     handler.config.clone(),
                     backends.clone(),
                     handler.limits(),
+                    crate::grant::Grants::new(&handler.grants),
                 ),
                 config: handler.clone(),
                 plugin: ArcSwap::new(plugin),
                 stats: HandlerStats::default(),
+                reload: Default::default(),
             })
         })
         .collect();
@@ -142,6 +151,18 @@ pub async fn run(config: Config, health: Arc<Health>, shutdown: CancellationToke
     let consumers = jetstream::start(&nats, shared.clone(), shutdown.clone()).await?;
     health.consumers.store(true, Ordering::Relaxed);
     tokio::spawn(watch_backends(shared.clone(), shutdown.clone()));
+    for handler in &shared.handlers {
+        match (&handler.config.plugin, &control) {
+            (Some(path), _) => {
+                tokio::spawn(reload::watch_file(shared.clone(), handler.clone(), path.clone(), shutdown.clone()));
+            }
+            (None, Some(control)) => {
+                tokio::spawn(reload::watch_object(shared.clone(), handler.clone(), control.clone(), shutdown.clone()));
+            }
+            (None, None) => {}
+        }
+    }
+    tokio::spawn(answer_status(nats.client(), shared.clone(), shutdown.clone()));
     tracing::info!(handlers = shared.handlers.len(), "switchyard is consuming");
 
     for consumer in consumers {
@@ -168,6 +189,66 @@ pub async fn run(config: Config, health: Arc<Health>, shutdown: CancellationToke
         tracing::info!(keys_left = keys.len(), keys = ?keys.iter().take(20).collect::<Vec<_>>(), "memory cache at exit");
     }
     Ok(())
+}
+
+async fn initial_plugin(
+    runtime: &Arc<Runtime>,
+    control: Option<&ControlPlane>,
+    handler: &HandlerConfig,
+) -> anyhow::Result<Arc<Plugin>> {
+    let bytes = match (&handler.plugin, &handler.plugin_object, control) {
+        (Some(path), _, _) => tokio::fs::read(path)
+            .await
+            .with_context(|| format!("handler `{}`: cannot read plugin {}", handler.name, path.display()))?,
+        (None, Some(object), Some(control)) => {
+            let version = control.live(object).await?.with_context(|| {
+                format!(
+                    "handler `{}`: no version of `{object}` has been pushed (switchyard plugin push {object} FILE)",
+                    handler.name
+                )
+            })?;
+            control.fetch(object, &version).await?.0
+        }
+        _ => anyhow::bail!("handler `{}` has no plugin source", handler.name),
+    };
+    let rt = runtime.clone();
+    let plugin = tokio::task::spawn_blocking(move || rt.load(&bytes))
+        .await?
+        .map_err(|e| anyhow::anyhow!("handler `{}`: {e}", handler.name))?;
+    Ok(plugin)
+}
+
+/// Answers `<control_subject>.status` requests with this host's status.
+async fn answer_status(client: async_nats::Client, shared: Arc<Shared>, shutdown: CancellationToken) {
+    use futures::StreamExt;
+    let subject = format!("{}.status", shared.config.nats.control_subject);
+    let mut requests = match client.subscribe(subject.clone()).await {
+        Ok(requests) => requests,
+        Err(error) => {
+            tracing::warn!(%subject, %error, "cannot answer status requests");
+            return;
+        }
+    };
+    let started_at_ms = crate::control::now_ms();
+    loop {
+        let request = tokio::select! {
+            request = requests.next() => request,
+            () = shutdown.cancelled() => return,
+        };
+        let Some(request) = request else { return };
+        let Some(reply) = request.reply else { continue };
+        let status = HostStatus {
+            host: crate::control::hostname(),
+            pid: std::process::id(),
+            started_at_ms,
+            handlers: reload::status(&shared).iter().map(Into::into).collect(),
+        };
+        if let Ok(body) = serde_json::to_vec(&status)
+            && let Err(error) = client.publish(reply, body.into()).await
+        {
+            tracing::warn!(%error, "cannot send status reply");
+        }
+    }
 }
 
 /// Connects the cache and graph named in the configuration, retrying each

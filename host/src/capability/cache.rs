@@ -1,4 +1,9 @@
 //! `cache`: `scan` and `delete` against the handler's cache backend.
+//!
+//! Both are limited to the handler's `cache_keys` grant (see
+//! [`crate::grant`]): a scan only with a pattern whose every possible match
+//! is granted, a delete only of granted keys, at most `max_delete_keys` at
+//! a time.
 
 use tracing::instrument;
 
@@ -29,6 +34,10 @@ impl Host for HostState {
                 "scan pattern must be 1 to {MAX_KEY_BYTES} bytes, got {}",
                 pattern.len()
             ))));
+        }
+        if let Err(denial) = self.env.grants.check_scan(&pattern) {
+            tracing::warn!(handler = %self.env.name, subject = %self.subject, sequence = self.sequence, pattern = ?denial.offending, "cache scan denied: {}", denial.message);
+            return Ok(Err(self.denied(denial.message)));
         }
         let count = count.clamp(1, MAX_SCAN_COUNT);
         let cache = self.env.backends.cache.clone();
@@ -62,6 +71,10 @@ impl Host for HostState {
         if keys.is_empty() {
             return Ok(Ok(0));
         }
+        if let Err(denial) = self.env.grants.check_delete(&keys) {
+            tracing::warn!(handler = %self.env.name, subject = %self.subject, sequence = self.sequence, key = ?denial.offending, "cache delete denied: {}", denial.message);
+            return Ok(Err(self.denied(denial.message)));
+        }
         let cache = self.env.backends.cache.clone();
         match cache.delete(&keys).await {
             Ok(removed) => {
@@ -73,5 +86,75 @@ impl Host for HostState {
                 Ok(Err(self.backend_error(error)))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::backend::Backends;
+    use crate::backend::memory::MemoryCache;
+    use crate::capability::HandlerEnv;
+    use crate::grant::{Grants, GrantsConfig};
+    use crate::runtime::Limits;
+
+    fn granted(cache_keys: &[&str]) -> (HostState, MemoryCache) {
+        let (backends, cache, _) = Backends::in_memory();
+        for key in ["context:S1", "context:S1:dev", "other:S1"] {
+            cache.set(key, "v");
+        }
+        let grants = Grants::new(&GrantsConfig {
+            cache_keys: cache_keys.iter().map(|k| k.to_string()).collect(),
+            max_delete_keys: 2,
+            ..GrantsConfig::default()
+        });
+        let env = HandlerEnv::with_grants("h", BTreeMap::new(), backends, Limits::default(), grants);
+        (HostState::new(env, "s".into(), 1), cache)
+    }
+
+    #[tokio::test]
+    async fn scan_inside_the_grant_runs() {
+        let (mut state, _) = granted(&["context:*"]);
+        let page = state.scan("context:S1:*".into(), 0, 100).await.unwrap().unwrap();
+        assert_eq!(page.keys, ["context:S1:dev"]);
+        assert_eq!(state.effects.errors.denied, 0);
+    }
+
+    #[tokio::test]
+    async fn scan_of_everything_is_denied_and_counted() {
+        let (mut state, _) = granted(&["context:*"]);
+        match state.scan("*".into(), 0, 100).await.unwrap() {
+            Err(WitError::Denied(message)) => assert!(message.contains("it can match"), "{message}"),
+            other => panic!("expected denied, got {other:?}"),
+        }
+        assert_eq!(state.effects.errors.denied, 1);
+        assert_eq!(state.effects.keys_scanned, 0);
+    }
+
+    #[tokio::test]
+    async fn delete_outside_the_grant_deletes_nothing() {
+        let (mut state, cache) = granted(&["context:*"]);
+        let result = state.delete(vec!["context:S1".into(), "other:S1".into()]).await.unwrap();
+        assert!(matches!(result, Err(WitError::Denied(ref m)) if m.contains("\"other:S1\"")), "{result:?}");
+        assert_eq!(cache.len(), 3, "a refused delete removes none of its keys");
+        assert_eq!(state.effects.errors.denied, 1);
+        let result = state
+            .delete(vec!["context:a".into(), "context:b".into(), "context:c".into()])
+            .await
+            .unwrap();
+        assert!(matches!(result, Err(WitError::Denied(ref m)) if m.contains("max_delete_keys")), "{result:?}");
+        assert_eq!(state.delete(vec!["context:S1".into(), "context:S1:dev".into()]).await.unwrap(), Ok(2));
+        assert_eq!(cache.keys(), ["other:S1"]);
+    }
+
+    #[tokio::test]
+    async fn a_handler_without_grants_reaches_no_key() {
+        let (mut state, cache) = granted(&[]);
+        assert!(matches!(state.scan("context:S1:*".into(), 0, 10).await.unwrap(), Err(WitError::Denied(_))));
+        assert!(matches!(state.delete(vec!["context:S1".into()]).await.unwrap(), Err(WitError::Denied(_))));
+        assert_eq!(cache.len(), 3);
+        assert_eq!(state.effects.errors.denied, 2);
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Labels, relation kinds and property keys end up as Cypher identifiers,
 //! which cannot be passed as parameters. They are checked here, before any
-//! backend sees them, so no backend ever splices an unchecked name.
+//! backend sees them, so no backend ever splices an unchecked name. A name
+//! that is not an identifier is `invalid`; an identifier outside the
+//! handler's `graph_labels` / `graph_relations` grant is `denied`.
 
 use tracing::instrument;
 
@@ -10,6 +12,7 @@ use crate::backend::NodeKey;
 use crate::bindings::graph::{Host, NodeRef, Value};
 use crate::bindings::types::Error as WitError;
 use crate::capability::HostState;
+use crate::grant::Denial;
 
 /// Longest identifier accepted.
 pub const MAX_IDENTIFIER_BYTES: usize = 128;
@@ -62,6 +65,14 @@ fn check_node(node: &NodeRef) -> Result<NodeKey, String> {
     })
 }
 
+impl HostState {
+    /// Logs and records a graph call outside the grants.
+    fn graph_denied(&mut self, call: &str, denial: Denial) -> WitError {
+        tracing::warn!(handler = %self.env.name, subject = %self.subject, sequence = self.sequence, name = ?denial.offending, "graph {call} denied: {}", denial.message);
+        self.denied(denial.message)
+    }
+}
+
 impl Host for HostState {
     #[instrument(skip(self, properties), fields(handler = %self.env.name, backend = self.env.backends.graph.kind()))]
     async fn upsert_entity(
@@ -77,6 +88,9 @@ impl Host for HostState {
             Ok(node) => node,
             Err(message) => return Ok(Err(self.invalid(message))),
         };
+        if let Err(denial) = self.env.grants.check_label(&node.label) {
+            return Ok(Err(self.graph_denied("upsert-entity", denial)));
+        }
         let graph = self.env.backends.graph.clone();
         match graph.upsert_entity(&node, &properties).await {
             Ok(()) => {
@@ -110,6 +124,14 @@ impl Host for HostState {
             Ok(nodes) => nodes,
             Err(message) => return Ok(Err(self.invalid(message))),
         };
+        let grants = &self.env.grants;
+        let granted = grants
+            .check_label(&source.label)
+            .and_then(|()| grants.check_label(&target.label))
+            .and_then(|()| grants.check_relation(&kind));
+        if let Err(denial) = granted {
+            return Ok(Err(self.graph_denied("upsert-relation", denial)));
+        }
         let graph = self.env.backends.graph.clone();
         match graph
             .upsert_relation(&source, &kind, &target, &properties)
@@ -155,5 +177,78 @@ mod tests {
     fn refuses_to_overwrite_the_id_property() {
         let error = check_properties(&[("id".into(), Value::Text("x".into()))]).unwrap_err();
         assert!(error.contains("identity"), "{error}");
+    }
+}
+
+#[cfg(test)]
+mod grant_tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::backend::Backends;
+    use crate::backend::memory::MemoryGraph;
+    use crate::capability::HandlerEnv;
+    use crate::grant::{Grants, GrantsConfig};
+    use crate::runtime::Limits;
+
+    fn granted() -> (HostState, MemoryGraph) {
+        let (backends, _, graph) = Backends::in_memory();
+        let grants = Grants::new(&GrantsConfig {
+            graph_labels: vec!["PhaseTransition".into(), "Story".into()],
+            graph_relations: vec!["OF".into()],
+            ..GrantsConfig::default()
+        });
+        let env = HandlerEnv::with_grants("h", BTreeMap::new(), backends, Limits::default(), grants);
+        (HostState::new(env, "s".into(), 1), graph)
+    }
+
+    fn node(label: &str, id: &str) -> NodeRef {
+        NodeRef {
+            label: label.into(),
+            id: id.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn granted_labels_and_kinds_are_written() {
+        let (mut state, graph) = granted();
+        assert_eq!(state.upsert_entity("PhaseTransition".into(), "S1:t".into(), vec![]).await.unwrap(), Ok(()));
+        let relation = state
+            .upsert_relation(node("PhaseTransition", "S1:t"), "OF".into(), node("Story", "S1"), vec![])
+            .await
+            .unwrap();
+        assert_eq!(relation, Ok(()));
+        assert_eq!(graph.count("PhaseTransition"), 1);
+    }
+
+    #[tokio::test]
+    async fn labels_and_kinds_outside_the_grant_are_denied() {
+        let (mut state, graph) = granted();
+        let entity = state.upsert_entity("Secret".into(), "x".into(), vec![]).await.unwrap();
+        assert!(matches!(entity, Err(WitError::Denied(ref m)) if m.contains("\"Secret\"")), "{entity:?}");
+        let kind = state
+            .upsert_relation(node("PhaseTransition", "a"), "OWNS".into(), node("Story", "b"), vec![])
+            .await
+            .unwrap();
+        assert!(matches!(kind, Err(WitError::Denied(ref m)) if m.contains("\"OWNS\"")), "{kind:?}");
+        let end = state
+            .upsert_relation(node("PhaseTransition", "a"), "OF".into(), node("Secret", "b"), vec![])
+            .await
+            .unwrap();
+        assert!(matches!(end, Err(WitError::Denied(_))), "{end:?}");
+        assert_eq!(state.effects.errors.denied, 3);
+        assert!(graph.nodes().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_injected_label_is_invalid_before_any_grant_check() {
+        let (mut state, graph) = granted();
+        let result = state
+            .upsert_entity("A`) DETACH DELETE n //".into(), "x".into(), vec![])
+            .await
+            .unwrap();
+        assert!(matches!(result, Err(WitError::Invalid(_))), "{result:?}");
+        assert_eq!(state.effects.errors.invalid, 1);
+        assert!(graph.nodes().is_empty());
     }
 }

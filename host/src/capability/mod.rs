@@ -2,9 +2,11 @@
 //!
 //! Every call a plugin makes lands on [`HostState`], the data of the store
 //! that runs one event. A capability checks the request (identifiers,
-//! patterns, the handler's limits), hands it to a backend, records the
-//! effect in [`Effects`], and turns a [`BackendError`] into the WIT
-//! `error` variant. A trap is used only for an exceeded host limit.
+//! patterns, the handler's limits and [`Grants`]), hands it to a backend,
+//! records the effect in [`Effects`], and turns a [`BackendError`] into the
+//! WIT `error` variant. A call outside the handler's grants is the `denied`
+//! error, logged with the handler and what it named, and counted. A trap is
+//! used only for an exceeded host limit.
 //!
 //! - [`cache`]: `scan` and `delete`.
 //! - [`graph`]: `upsert-entity` and `upsert-relation`.
@@ -27,24 +29,51 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::backend::{BackendError, Backends};
 use crate::bindings::types::Error as WitError;
+use crate::grant::Grants;
 use crate::runtime::Limits;
 
 /// What every instance of one handler may reach: its name, configuration,
-/// backends and limits. Shared by all events of the handler.
+/// backends, limits and grants. Shared by all events of the handler.
 pub struct HandlerEnv {
     pub name: String,
     pub config: BTreeMap<String, String>,
     pub backends: Backends,
     pub limits: Limits,
+    pub grants: Grants,
 }
 
 impl HandlerEnv {
+    /// An environment with every key, label and relation granted: for a
+    /// plugin run in isolation on in-memory backends. A configured handler
+    /// uses [`HandlerEnv::with_grants`].
     pub fn new(name: impl Into<String>, config: BTreeMap<String, String>, backends: Backends, limits: Limits) -> Arc<Self> {
+        Self::build(name.into(), config, backends, limits, Grants::unrestricted())
+    }
+
+    /// An environment limited to `grants`; logs them once.
+    pub fn with_grants(
+        name: impl Into<String>,
+        config: BTreeMap<String, String>,
+        backends: Backends,
+        limits: Limits,
+        grants: Grants,
+    ) -> Arc<Self> {
+        let name = name.into();
+        if grants.is_empty() {
+            tracing::warn!(handler = %name, "handler has no [handlers.grants]: every cache and graph call it makes will be denied");
+        } else {
+            tracing::info!(handler = %name, %grants, "handler grants");
+        }
+        Self::build(name, config, backends, limits, grants)
+    }
+
+    fn build(name: String, config: BTreeMap<String, String>, backends: Backends, limits: Limits, grants: Grants) -> Arc<Self> {
         Arc::new(HandlerEnv {
-            name: name.into(),
+            name,
             config,
             backends,
             limits,
+            grants,
         })
     }
 }
@@ -161,6 +190,12 @@ impl HostState {
     pub(crate) fn invalid(&mut self, message: String) -> WitError {
         self.effects.errors.invalid += 1;
         WitError::Invalid(message)
+    }
+
+    /// Records a request outside the handler's grants.
+    pub(crate) fn denied(&mut self, message: String) -> WitError {
+        self.effects.errors.denied += 1;
+        WitError::Denied(message)
     }
 }
 

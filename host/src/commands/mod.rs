@@ -1,3 +1,4 @@
+pub mod plugin;
 pub mod publish;
 pub mod serve;
 pub mod test;

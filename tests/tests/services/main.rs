@@ -1,6 +1,9 @@
 //! Tests against the real NATS, Valkey and Neo4j started by
 //! `scripts/services up`. A missing server fails the test that needs it.
 
+mod control;
 mod differential;
 mod e2e;
+mod hostile;
+mod reload;
 mod support;

@@ -23,6 +23,11 @@ pub struct Names {
     pub dead_letter_stream: String,
     pub dead_letter_subject: String,
     pub durable: String,
+    /// A loopback address free when the names were made, for `/metrics`.
+    pub listen: Option<String>,
+    pub plugin_bucket: String,
+    pub plugin_kv: String,
+    pub control_subject: String,
 }
 
 impl Names {
@@ -35,6 +40,13 @@ impl Names {
             dead_letter_stream: format!("DEAD_{id}"),
             dead_letter_subject: format!("dead.{id}"),
             durable: format!("durable-{id}"),
+            plugin_bucket: format!("plugins-{id}"),
+            plugin_kv: format!("live-{id}"),
+            control_subject: format!("control.{id}"),
+            listen: std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.to_string())
+                .ok(),
         }
     }
 }
@@ -46,6 +58,14 @@ pub struct Options {
     pub concurrency: u32,
     pub retry_base: &'static str,
     pub extra_handler_toml: String,
+    /// The body of the handler's `[handlers.grants]` table; by default what
+    /// story-transitions needs.
+    pub grants_toml: String,
+    /// Serve `/metrics` on a free loopback port.
+    pub http: bool,
+    /// Take versions from the control plane under this name instead of
+    /// the `plugin` file.
+    pub plugin_object: Option<String>,
 }
 
 impl Default for Options {
@@ -56,9 +76,15 @@ impl Default for Options {
             concurrency: 16,
             retry_base: "100ms",
             extra_handler_toml: String::new(),
+            grants_toml: STORY_TRANSITIONS_GRANTS.to_string(),
+            http: false,
+            plugin_object: None,
         }
     }
 }
+
+/// The grants story-transitions needs, as in the example configurations.
+pub const STORY_TRANSITIONS_GRANTS: &str = "cache_keys = [\"context:*\"]\ngraph_labels = [\"PhaseTransition\"]";
 
 pub fn config_toml(names: &Names, options: &Options) -> String {
     format!(
@@ -69,6 +95,9 @@ stream = "{stream}"
 stream_subjects = ["{root}.>"]
 dead_letter_stream = "{dead_stream}"
 dead_letter_subject = "{dead_subject}"
+plugin_bucket = "{plugin_bucket}"
+plugin_kv = "{plugin_kv}"
+control_subject = "{control_subject}"
 
 [cache]
 url = "{valkey}"
@@ -79,14 +108,14 @@ user = "neo4j"
 password = "switchyard"
 
 [http]
-listen = ""
+listen = "{listen}"
 
 [runtime]
 max_instances = 64
 
 [[handlers]]
 name = "{handler}"
-plugin = "{plugin}"
+{plugin_source}
 subjects = ["{subject}"]
 durable = "{durable}"
 max_deliver = {max_deliver}
@@ -100,6 +129,9 @@ max = "2s"
 
 [handlers.config]
 key_prefix = "context:"
+
+[handlers.grants]
+{grants}
 "#,
         nats = services::nats_url(),
         valkey = services::valkey_url(),
@@ -109,19 +141,28 @@ key_prefix = "context:"
         dead_stream = names.dead_letter_stream,
         dead_subject = names.dead_letter_subject,
         handler = HANDLER,
-        plugin = options.plugin,
+        plugin_source = match &options.plugin_object {
+            Some(object) => format!("plugin_object = {object:?}"),
+            None => format!("plugin = {:?}", options.plugin),
+        },
+        plugin_bucket = names.plugin_bucket,
+        plugin_kv = names.plugin_kv,
+        control_subject = names.control_subject,
         subject = names.subject,
         durable = names.durable,
         max_deliver = options.max_deliver,
         concurrency = options.concurrency,
         retry_base = options.retry_base,
         extra = options.extra_handler_toml,
+        grants = options.grants_toml,
+        listen = names.listen.as_deref().filter(|_| options.http).unwrap_or(""),
     )
 }
 
 /// A running in-process service.
 pub struct TestService {
     pub names: Names,
+    pub config: Config,
     pub health: Arc<Health>,
     pub js: Context,
     shutdown: CancellationToken,
@@ -138,9 +179,10 @@ impl TestService {
             .expect("test configuration is valid");
         let health = Arc::new(Health::default());
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(service::run(config, health.clone(), shutdown.clone()));
+        let task = tokio::spawn(service::run(config.clone(), health.clone(), shutdown.clone()));
         let service = TestService {
             names,
+            config,
             health,
             js: services::jetstream().await,
             shutdown,
@@ -226,6 +268,17 @@ impl TestService {
         messages
     }
 
+    /// The value of one `/metrics` series (the exact text before the value),
+    /// when the service serves metrics.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let listen = self.names.listen.as_ref()?;
+        let text = http_get(listen, "/metrics").await.ok()?;
+        text.lines().find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            if name == series { value.parse().ok() } else { None }
+        })
+    }
+
     /// Stops the service, letting in-flight events settle.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -274,4 +327,16 @@ pub async fn existing(valkey: &mut redis::aio::MultiplexedConnection, keys: &[St
         .query_async(valkey)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// A minimal HTTP/1.1 GET, enough for `/metrics`.
+pub async fn http_get(address: &str, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default())
 }

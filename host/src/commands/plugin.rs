@@ -1,0 +1,228 @@
+//! `switchyard plugin push|history|rollback|promote` and `switchyard
+//! status`: the fleet's plugin versions and hosts, through NATS.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use switchyard::config::{Config, NatsConfig};
+use switchyard::control::{ControlPlane, Version, gather_status, now_ms};
+use switchyard::isolation::{Fixture, run_fixtures};
+use switchyard::runtime::{Runtime, RuntimeConfig};
+
+/// Where the control plane is: a service configuration, or a NATS URL with
+/// the default bucket names.
+#[derive(Args)]
+pub struct Connection {
+    /// A service configuration file: its NATS URL and bucket names are used.
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// The NATS server, when no --config is given.
+    #[arg(long, default_value = "nats://127.0.0.1:4222", env = "SWITCHYARD_NATS_URL")]
+    nats: String,
+}
+
+impl Connection {
+    fn resolve(&self) -> anyhow::Result<(NatsConfig, Option<Config>)> {
+        match &self.config {
+            Some(path) => {
+                let config = Config::load(path)?;
+                Ok((config.nats.clone(), Some(config)))
+            }
+            None => {
+                let toml = format!(
+                    "url = {:?}\nstream = \"UNUSED\"\nstream_subjects = [\"unused.>\"]\n",
+                    self.nats
+                );
+                let nats: NatsConfig = toml::from_str(&toml).context("building the NATS settings")?;
+                Ok((nats, None))
+            }
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum PluginCommand {
+    /// Validate a component and make it the live version of NAME on every host.
+    Push {
+        name: String,
+        file: PathBuf,
+        /// Events with expected outcomes the version must pass, here and on every host.
+        #[arg(long)]
+        fixtures: Option<PathBuf>,
+        /// Push as a shadow candidate instead of making it live.
+        #[arg(long)]
+        shadow: bool,
+    },
+    /// The versions that were live for NAME, oldest first.
+    History { name: String },
+    /// Make an earlier version live again (the one before the current, or --to).
+    Rollback {
+        name: String,
+        /// A digest (or a unique prefix of its hex) from the history.
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Make the shadow candidate of NAME live.
+    Promote { name: String },
+}
+
+#[derive(Args)]
+pub struct PluginArgs {
+    #[command(subcommand)]
+    command: PluginCommand,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// How long to wait for hosts to answer.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    wait: Duration,
+    /// Print the replies as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(future)
+}
+
+async fn connect(nats: &NatsConfig) -> anyhow::Result<async_nats::Client> {
+    async_nats::connect(&nats.url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", nats.url))
+}
+
+fn describe(version: &Version) -> String {
+    let age = Duration::from_millis(now_ms().saturating_sub(version.pushed_at_ms));
+    format!(
+        "{}  {:>8} bytes  {}  {} ago by {}",
+        version.digest,
+        version.size,
+        if version.fixtures { "fixtures" } else { "        " },
+        humantime::format_duration(Duration::from_secs(age.as_secs())),
+        version.pushed_by
+    )
+}
+
+pub fn run(args: PluginArgs) -> anyhow::Result<ExitCode> {
+    let (nats, config) = args.connection.resolve()?;
+    block_on(async move {
+        let client = connect(&nats).await?;
+        let control = ControlPlane::open(&async_nats::jetstream::new(client), &nats).await?;
+        match args.command {
+            PluginCommand::Push { name, file, fixtures, shadow } => {
+                let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+                let fixtures_text = match &fixtures {
+                    Some(path) => Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?),
+                    None => None,
+                };
+                let plugin_config = config
+                    .as_ref()
+                    .and_then(|c| c.handlers.iter().find(|h| h.plugin_object.as_deref() == Some(name.as_str()) || h.name == name))
+                    .map(|h| h.config.clone())
+                    .unwrap_or_default();
+                validate(&bytes, fixtures_text.as_deref(), plugin_config).await?;
+                let version = control.push(&name, &bytes, fixtures_text.as_deref(), shadow).await?;
+                let role = if shadow { "shadow candidate" } else { "live version" };
+                println!("{name}: {} is now the {role}", version.digest);
+            }
+            PluginCommand::History { name } => {
+                let history = control.history(&name).await?;
+                if history.is_empty() {
+                    println!("{name}: no version pushed");
+                }
+                for version in &history {
+                    println!("{}", describe(version));
+                }
+                if let Some(shadow) = control.shadow(&name).await? {
+                    println!("shadow candidate: {}", describe(&shadow));
+                }
+            }
+            PluginCommand::Rollback { name, to } => {
+                let version = control.rollback(&name, to.as_deref()).await?;
+                println!("{name}: rolled back to {}", version.digest);
+            }
+            PluginCommand::Promote { name } => {
+                let version = control.promote(&name).await?;
+                println!("{name}: {} promoted to live", version.digest);
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// What every host will check, checked before anything is stored: the
+/// component compiles, fits the world and passes its fixtures.
+async fn validate(bytes: &[u8], fixtures: Option<&[u8]>, config: BTreeMap<String, String>) -> anyhow::Result<()> {
+    let runtime = Arc::new(Runtime::new(RuntimeConfig {
+        max_instances: 4,
+        ..RuntimeConfig::default()
+    })?);
+    let plugin = {
+        let runtime = runtime.clone();
+        let bytes = bytes.to_vec();
+        tokio::task::spawn_blocking(move || runtime.load(&bytes)).await??
+    };
+    if let Some(fixtures) = fixtures {
+        let text = std::str::from_utf8(fixtures).context("fixtures file is not UTF-8")?;
+        let fixtures = Fixture::parse_lines(text).map_err(|e| anyhow::anyhow!("fixtures: {e}"))?;
+        if let Err(reason) = run_fixtures(runtime, plugin, config, &fixtures).await {
+            bail!("refused: {reason}");
+        }
+    }
+    Ok(())
+}
+
+pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let (nats, _) = args.connection.resolve()?;
+    block_on(async move {
+        let client = connect(&nats).await?;
+        let hosts = gather_status(&client, &format!("{}.status", nats.control_subject), args.wait).await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&hosts)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        if hosts.is_empty() {
+            println!("no host answered on {}.status within {:?}", nats.control_subject, args.wait);
+        }
+        for host in &hosts {
+            println!("{} (pid {})", host.host, host.pid);
+            for handler in &host.handlers {
+                let last = handler
+                    .last_reload
+                    .as_ref()
+                    .map(|r| {
+                        let ok = r.get("ok").and_then(|v| v.as_bool()).unwrap_or(false);
+                        let digest = r.get("digest").and_then(|v| v.as_str()).unwrap_or("?");
+                        let reason = r.get("reason").and_then(|v| v.as_str()).unwrap_or("");
+                        if ok { format!("last reload ok ({digest})") } else { format!("last reload REFUSED ({digest}): {reason}") }
+                    })
+                    .unwrap_or_else(|| "no reload yet".into());
+                println!(
+                    "  {:<24} {}  handled {} (ack {}, retry {}, dead {}), keys deleted {}; {last}",
+                    handler.handler,
+                    handler.digest,
+                    handler.handled,
+                    handler.acked,
+                    handler.retried,
+                    handler.dead_lettered,
+                    handler.keys_deleted,
+                );
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

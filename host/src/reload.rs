@@ -1,0 +1,341 @@
+//! Hot swap: a new plugin version goes live without a restart.
+//!
+//! [`offer`] is the one way a version goes live, whatever brought it (a
+//! rebuilt file, a push): it compiles and pre-instantiates the component off
+//! the async executor, checks it against the world, runs the handler's
+//! fixtures when it has some, and only then swaps the handler's live
+//! pointer. The swap is one atomic pointer exchange: an event already
+//! running keeps the version it loaded, every later event gets the new one,
+//! and no event waits for a compile. A refused version changes nothing; the
+//! refusal is logged, counted and kept in the handler's reload status.
+//!
+//! [`watch_file`] follows a plugin file. It reacts to file-system events on
+//! the file's directory (so an atomic rename is seen) and also polls the
+//! file's size and mtime, so a missed event only delays a reload. A file
+//! caught half-written fails to load and is refused; the write that
+//! completes it triggers another attempt.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::isolation::{Fixture, run_fixtures};
+use crate::runtime::{Digest, Plugin};
+use crate::service::{Handler, Shared};
+
+/// The outcome of the last offer of a version.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ReloadResult {
+    pub digest: String,
+    pub ok: bool,
+    /// Why it was refused, when it was.
+    pub reason: Option<String>,
+    /// Where the version came from (a path, a push).
+    pub origin: String,
+    pub at_ms: u64,
+}
+
+/// A handler's reload history, for `status`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ReloadState {
+    /// Versions that went live, oldest first (at most [`HISTORY`]).
+    pub history: Vec<ReloadResult>,
+    pub last: Option<ReloadResult>,
+}
+
+/// Live versions remembered per handler.
+pub const HISTORY: usize = 32;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// Why a version was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Load(#[from] crate::runtime::LoadError),
+    #[error("plugin {digest} failed its fixtures: {reason}")]
+    Fixtures { digest: Digest, reason: String },
+    #[error("compile task failed: {0}")]
+    Task(String),
+}
+
+/// Validates `bytes` as the next version of `handler` and makes it live.
+/// Returns the live digest (unchanged if `bytes` is the live version).
+pub async fn offer(
+    shared: &Shared,
+    handler: &Handler,
+    bytes: Vec<u8>,
+    fixtures: &[Fixture],
+    origin: &str,
+) -> Result<Digest, ReloadError> {
+    let digest = Digest::of(&bytes);
+    if handler.plugin.load().digest() == &digest {
+        return Ok(digest);
+    }
+    let result = prepare(shared, handler, bytes, fixtures).await;
+    let name = handler.name();
+    match result {
+        Ok(plugin) => {
+            let previous = handler.plugin.swap(plugin.clone());
+            shared
+                .metrics
+                .plugin_live(name, Some(previous.digest().as_str()), plugin.digest().as_str());
+            shared.metrics.reload(name, true);
+            tracing::info!(handler = name, from = %previous.digest(), to = %plugin.digest(), %origin, "plugin swapped");
+            record(handler, plugin.digest(), None, origin);
+            Ok(plugin.digest().clone())
+        }
+        Err(error) => {
+            shared.metrics.reload(name, false);
+            tracing::error!(handler = name, %digest, %origin, %error, "plugin version refused; the live version keeps serving");
+            record(handler, &digest, Some(error.to_string()), origin);
+            Err(error)
+        }
+    }
+}
+
+async fn prepare(
+    shared: &Shared,
+    handler: &Handler,
+    bytes: Vec<u8>,
+    fixtures: &[Fixture],
+) -> Result<Arc<Plugin>, ReloadError> {
+    let runtime = shared.runtime.clone();
+    let plugin = tokio::task::spawn_blocking(move || runtime.load(&bytes))
+        .await
+        .map_err(|e| ReloadError::Task(e.to_string()))?;
+    let plugin = plugin?;
+    if !fixtures.is_empty() {
+        run_fixtures(runtime_of(shared), plugin.clone(), handler.config.config.clone(), fixtures)
+            .await
+            .map_err(|reason| ReloadError::Fixtures {
+                digest: plugin.digest().clone(),
+                reason,
+            })?;
+    }
+    Ok(plugin)
+}
+
+fn runtime_of(shared: &Shared) -> Arc<crate::runtime::Runtime> {
+    shared.runtime.clone()
+}
+
+fn record(handler: &Handler, digest: &Digest, reason: Option<String>, origin: &str) {
+    let result = ReloadResult {
+        digest: digest.to_string(),
+        ok: reason.is_none(),
+        reason,
+        origin: origin.to_string(),
+        at_ms: now_ms(),
+    };
+    let mut state = handler.reload.lock().unwrap_or_else(|p| p.into_inner());
+    if result.ok {
+        state.history.push(result.clone());
+        let excess = state.history.len().saturating_sub(HISTORY);
+        state.history.drain(..excess);
+    }
+    state.last = Some(result);
+}
+
+/// Reads a handler's fixtures file, if it has one.
+pub fn load_fixtures(path: Option<&Path>) -> Result<Vec<Fixture>, String> {
+    match path {
+        None => Ok(Vec::new()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read fixtures {}: {e}", path.display()))?;
+            Fixture::parse_lines(&text).map_err(|e| format!("fixtures {}: {e}", path.display()))
+        }
+    }
+}
+
+/// Follows `path` and offers every new version of it until `shutdown`.
+pub async fn watch_file(shared: Arc<Shared>, handler: Arc<Handler>, path: PathBuf, shutdown: CancellationToken) {
+    use notify::Watcher as _;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let file_name = path.file_name().map(|n| n.to_os_string());
+    let watched = file_name.clone();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && event
+                .paths
+                .iter()
+                .any(|p| p.file_name().map(|n| n.to_os_string()) == watched)
+        {
+            let _ = tx.send(());
+        }
+    });
+    // Watch the directory, not the file: an atomic rename replaces the
+    // file's inode, which a watch on the file itself would lose.
+    let directory = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let _watcher = match watcher {
+        Ok(mut watcher) => match watcher.watch(&directory, notify::RecursiveMode::NonRecursive) {
+            Ok(()) => Some(watcher),
+            Err(error) => {
+                tracing::warn!(handler = %handler.name(), directory = %directory.display(), %error, "cannot watch plugin directory; polling only");
+                None
+            }
+        },
+        Err(error) => {
+            tracing::warn!(handler = %handler.name(), %error, "no file-system watcher; polling only");
+            None
+        }
+    };
+    let fixtures = match load_fixtures(handler.config.fixtures.as_deref()) {
+        Ok(fixtures) => fixtures,
+        Err(error) => {
+            tracing::error!(handler = %handler.name(), %error, "fixtures unreadable; reloads of this handler are refused until restart");
+            return;
+        }
+    };
+    let mut seen = stamp(&path);
+    let mut poll = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = rx.recv() => {
+                // Let a burst of events (truncate, write, close) settle.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                while rx.try_recv().is_ok() {}
+            }
+            _ = poll.tick() => {
+                let now = stamp(&path);
+                if now == seen {
+                    continue;
+                }
+            }
+            () = shutdown.cancelled() => return,
+        }
+        seen = stamp(&path);
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => {
+                let origin = format!("file {}", path.display());
+                let _ = offer(&shared, &handler, bytes, &fixtures, &origin).await;
+            }
+            Err(error) => {
+                tracing::warn!(handler = %handler.name(), path = %path.display(), %error, "plugin file unreadable; the live version keeps serving");
+            }
+        }
+    }
+}
+
+/// Follows the control plane's live pointer for `handler` and offers every
+/// version pushed for it until `shutdown`.
+pub async fn watch_object(
+    shared: Arc<Shared>,
+    handler: Arc<Handler>,
+    control: crate::control::ControlPlane,
+    shutdown: CancellationToken,
+) {
+    use futures::StreamExt;
+    let Some(object) = handler.config.plugin_object.clone() else {
+        return;
+    };
+    loop {
+        let mut watch = match control.watch(&object).await {
+            Ok(watch) => watch,
+            Err(error) => {
+                tracing::warn!(handler = %handler.name(), %error, "cannot watch pushed versions; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        };
+        loop {
+            let entry = tokio::select! {
+                entry = watch.next() => entry,
+                () = shutdown.cancelled() => return,
+            };
+            let entry = match entry {
+                Some(Ok(entry)) => entry,
+                Some(Err(error)) => {
+                    tracing::warn!(handler = %handler.name(), %error, "watch of pushed versions interrupted");
+                    break;
+                }
+                None => break,
+            };
+            if entry.operation != async_nats::jetstream::kv::Operation::Put {
+                continue;
+            }
+            let version: crate::control::Version = match serde_json::from_slice(&entry.value) {
+                Ok(version) => version,
+                Err(error) => {
+                    tracing::error!(handler = %handler.name(), %error, "unreadable live-version entry");
+                    continue;
+                }
+            };
+            let origin = format!("push by {}", version.pushed_by);
+            match control.fetch(&object, &version).await {
+                Ok((bytes, fixtures)) => {
+                    let _ = offer(&shared, &handler, bytes, &fixtures, &origin).await;
+                }
+                Err(error) => {
+                    shared.metrics.reload(handler.name(), false);
+                    tracing::error!(handler = %handler.name(), digest = %version.digest, %error, "cannot fetch pushed version; the live version keeps serving");
+                    record_failure(&handler, &version.digest, &format!("{error:#}"), &origin);
+                }
+            }
+        }
+    }
+}
+
+fn record_failure(handler: &Handler, digest: &str, reason: &str, origin: &str) {
+    let mut state = handler.reload.lock().unwrap_or_else(|p| p.into_inner());
+    state.last = Some(ReloadResult {
+        digest: digest.to_string(),
+        ok: false,
+        reason: Some(reason.to_string()),
+        origin: origin.to_string(),
+        at_ms: now_ms(),
+    });
+}
+
+fn stamp(path: &Path) -> Option<(u64, SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
+
+/// What `status` shows for one handler.
+#[derive(Debug, Clone, Serialize)]
+pub struct HandlerStatus {
+    pub handler: String,
+    pub digest: String,
+    pub handled: u64,
+    pub acked: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+    pub keys_deleted: u64,
+    pub reload: ReloadState,
+}
+
+/// A snapshot of every handler.
+pub fn status(shared: &Shared) -> Vec<HandlerStatus> {
+    use std::sync::atomic::Ordering::Relaxed;
+    shared
+        .handlers
+        .iter()
+        .map(|handler| HandlerStatus {
+            handler: handler.name().to_string(),
+            digest: handler.plugin.load().digest().to_string(),
+            handled: handler.stats.handled.load(Relaxed),
+            acked: handler.stats.acked.load(Relaxed),
+            retried: handler.stats.retried.load(Relaxed),
+            dead_lettered: handler.stats.dead_lettered.load(Relaxed),
+            keys_deleted: handler.stats.keys_deleted.load(Relaxed),
+            reload: handler
+                .reload
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        })
+        .collect()
+}
+

@@ -1,0 +1,662 @@
+//! Operations, as an operator sees them: the real `switchyard` binary run
+//! against the real NATS, Valkey and Neo4j, read through `/metrics`,
+//! `/healthz` and `/readyz`, stopped with SIGTERM; a refused configuration;
+//! spans exported to an OTLP endpoint.
+//!
+//! Every service run here has a stream, subjects, dead-letter stream,
+//! durable and cache key prefix of its own, so it never meets another test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test reports by panicking
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use switchyard_tests::artifacts::STORY_TRANSITIONS;
+use switchyard_tests::services;
+
+const HANDLER: &str = "story-transitions";
+
+// --- plumbing -------------------------------------------------------------
+
+fn switchyard() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    // Only what a test sets: no configuration overrides or exporter settings
+    // from the environment the tests run in.
+    for (name, _) in std::env::vars() {
+        if (name.starts_with("SWITCHYARD_") && name.contains("__")) || name.starts_with("OTEL_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env_remove("SWITCHYARD_CONFIG")
+        .env_remove("SWITCHYARD_LOG_FORMAT")
+        .env("SWITCHYARD_LOG", "info")
+        .env("NO_COLOR", "1");
+    command
+}
+
+fn example(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples").join(path)
+}
+
+/// A directory of this test's own.
+fn temp_dir(id: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("switchyard-operations-{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A blocking `GET http://127.0.0.1:<port><path>`: (status, body).
+fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no header end in {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))?;
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return Err(format!("unexpected chunked response: {head:?}"));
+    }
+    Ok((status, body.to_string()))
+}
+
+/// Polls `check` every 100 ms until it returns `Ok`, or panics after
+/// `timeout` with the last state.
+fn poll<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    let mut last = String::from("never checked");
+    while start.elapsed() < timeout {
+        match check() {
+            Ok(value) => return value,
+            Err(state) => last = state,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} did not happen within {timeout:?}; last state: {last}");
+}
+
+/// Names one service run uses.
+struct Names {
+    id: String,
+    stream: String,
+    subject_root: String,
+    subject: String,
+    dead_letter_stream: String,
+    dead_letter_subject: String,
+    durable: String,
+    key_prefix: String,
+}
+
+impl Names {
+    fn new() -> Self {
+        let id = services::unique("ops");
+        Names {
+            stream: format!("OPS_{id}"),
+            subject_root: id.clone(),
+            subject: format!("{id}.story.transitioned"),
+            dead_letter_stream: format!("OPS_DEAD_{id}"),
+            dead_letter_subject: format!("dead.{id}"),
+            durable: format!("ops-{id}"),
+            key_prefix: format!("{id}:context:"),
+            id,
+        }
+    }
+
+    fn config_toml(&self, port: u16) -> String {
+        format!(
+            r#"
+[nats]
+url = "{nats}"
+stream = "{stream}"
+stream_subjects = ["{root}.>"]
+dead_letter_stream = "{dead_stream}"
+dead_letter_subject = "{dead_subject}"
+
+[cache]
+url = "{valkey}"
+
+[graph]
+url = "{neo4j}"
+user = "neo4j"
+password = "switchyard"
+
+[http]
+listen = "127.0.0.1:{port}"
+
+[runtime]
+max_instances = 32
+
+[[handlers]]
+name = "{HANDLER}"
+plugin = "{plugin}"
+subjects = ["{subject}"]
+durable = "{durable}"
+concurrency = 8
+ack_wait = "10s"
+deadline = "5s"
+
+[handlers.retry]
+base = "100ms"
+max = "2s"
+
+[handlers.config]
+key_prefix = "{key_prefix}"
+"#,
+            nats = services::nats_url(),
+            valkey = services::valkey_url(),
+            neo4j = services::neo4j_url(),
+            stream = self.stream,
+            root = self.subject_root,
+            dead_stream = self.dead_letter_stream,
+            dead_subject = self.dead_letter_subject,
+            plugin = STORY_TRANSITIONS,
+            subject = self.subject,
+            durable = self.durable,
+            key_prefix = self.key_prefix,
+        )
+    }
+}
+
+/// `switchyard serve` as a child process; killed if a test fails before
+/// stopping it.
+struct Serve {
+    child: Option<Child>,
+    port: u16,
+    stderr: PathBuf,
+}
+
+impl Serve {
+    fn start(names: &Names, extra_args: &[&str]) -> Self {
+        let port = free_port();
+        let dir = temp_dir(&names.id);
+        let config = dir.join("switchyard.toml");
+        std::fs::write(&config, names.config_toml(port)).unwrap();
+        let stderr = dir.join("stderr.log");
+        let child = switchyard()
+            .args(extra_args)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        Serve {
+            child: Some(child),
+            port,
+            stderr,
+        }
+    }
+
+    fn get(&self, path: &str) -> Result<(u16, String), String> {
+        http_get(self.port, path)
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Fails the test, with the service's log, if the process has exited.
+    fn assert_running(&mut self) {
+        let child = self.child.as_mut().unwrap();
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("switchyard serve exited early ({status}); its log:\n{}", self.logs());
+        }
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) {
+        let start = Instant::now();
+        let mut last = String::new();
+        while start.elapsed() < timeout {
+            self.assert_running();
+            match self.get("/readyz") {
+                Ok((200, _)) => return,
+                Ok((status, body)) => last = format!("{status}: {body}"),
+                Err(error) => last = error,
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("/readyz not 200 within {timeout:?}; last: {last}; log:\n{}", self.logs());
+    }
+
+    fn metrics(&self) -> String {
+        match self.get("/metrics") {
+            Ok((200, body)) => body,
+            other => panic!("GET /metrics: {other:?}"),
+        }
+    }
+
+    /// SIGTERM, then waits for the graceful drain to end.
+    fn terminate(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM failed");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("switchyard serve did not exit within 30 s of SIGTERM; log:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The value of the series whose line starts with `series` (name and
+/// labels exactly as exposed), if it is exposed.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Publishes `payload` to `subject`, waiting for the stream's ack.
+async fn publish(js: &async_nats::jetstream::Context, subject: &str, payload: Vec<u8>) {
+    js.publish(subject.to_string(), payload.into())
+        .await
+        .unwrap_or_else(|e| panic!("publish to {subject}: {e}"))
+        .await
+        .unwrap_or_else(|e| panic!("no stream ack for {subject}: {e}"));
+}
+
+fn transition(story: &str, timestamp: &str) -> Vec<u8> {
+    serde_json::json!({
+        "story_id": story,
+        "from_phase": "DESIGN",
+        "to_phase": "BUILD",
+        "timestamp": timestamp,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+async fn existing(valkey: &mut redis::aio::MultiplexedConnection, keys: &[String]) -> u64 {
+    redis::cmd("EXISTS").arg(keys).query_async(valkey).await.unwrap()
+}
+
+async fn transitions_at(graph: &neo4rs::Graph, timestamp: &str) -> i64 {
+    let mut rows = graph
+        .execute(neo4rs::query("MATCH (n:PhaseTransition {timestamp: $t}) RETURN count(n) AS c").param("t", timestamp))
+        .await
+        .unwrap();
+    rows.next().await.unwrap().unwrap().get::<i64>("c").unwrap()
+}
+
+/// Removes the stream, dead-letter stream (and so the durable) a test made.
+async fn remove_streams(js: &async_nats::jetstream::Context, names: &Names) {
+    let _ = js.delete_stream(&names.stream).await;
+    let _ = js.delete_stream(&names.dead_letter_stream).await;
+}
+
+// --- the tests --------------------------------------------------------------
+
+/// The incident's stress scenario through the real binary: 50 keys, 50
+/// transition events, and `/metrics` showing exactly what happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_scenario_shows_fifty_acks_fifty_keys_deleted_and_fifty_upserts_in_metrics() {
+    let _servers = services::shared().await;
+    let names = Names::new();
+    let mut valkey = services::valkey().await;
+    let graph = services::neo4j().await;
+    let js = services::jetstream().await;
+
+    let keys: Vec<String> = (1..=50).map(|i| format!("{}STRESS-NEO-{i:04}", names.key_prefix)).collect();
+    // Another story whose id starts with a stress id: it must stay.
+    let other = format!("{}STRESS-NEO-00010", names.key_prefix);
+    for key in keys.iter().chain([&other]) {
+        let _: () = redis::cmd("SET").arg(key).arg("rendered").query_async(&mut valkey).await.unwrap();
+    }
+    let timestamp = services::unique("2026-11-26T00:00:00Z#");
+
+    let mut serve = Serve::start(&names, &[]);
+    serve.wait_ready(Duration::from_secs(60));
+    let (status, body) = serve.get("/healthz").unwrap();
+    assert_eq!(status, 200, "/healthz: {body}");
+
+    for i in 1..=50 {
+        publish(&js, &names.subject, transition(&format!("STRESS-NEO-{i:04}"), &timestamp)).await;
+    }
+    let ack = format!("switchyard_events_total{{handler=\"{HANDLER}\",outcome=\"ack\"}}");
+    let metrics = poll(Duration::from_secs(60), "50 acks in /metrics", || {
+        serve.assert_running();
+        let metrics = serve.metrics();
+        match sample(&metrics, &ack) {
+            Some(n) if n >= 50.0 => Ok(metrics),
+            n => Err(format!("{ack} = {n:?}")),
+        }
+    });
+
+    let excerpt: Vec<&str> = metrics
+        .lines()
+        .filter(|line| {
+            !line.starts_with('#')
+                && !line.contains("_bucket{")
+                && (line.starts_with("switchyard_events_total")
+                    || line.starts_with("switchyard_cache_keys")
+                    || line.starts_with("switchyard_graph_upserts")
+                    || line.starts_with("switchyard_dead_letters")
+                    || line.starts_with("switchyard_redeliveries")
+                    || line.starts_with("switchyard_event_duration_seconds")
+                    || line.starts_with("switchyard_host_call_errors")
+                    || line.starts_with("switchyard_faults")
+                    || line.starts_with("switchyard_plugin_info")
+                    || line.starts_with("switchyard_consumer"))
+        })
+        .collect();
+    eprintln!("/metrics after the seed scenario:\n{}", excerpt.join("\n"));
+
+    assert!(metrics.lines().any(|l| l == format!("{ack} 50")), "exactly 50 acks:\n{metrics}");
+    let deleted = format!("switchyard_cache_keys_deleted_total{{handler=\"{HANDLER}\"}}");
+    assert!(metrics.lines().any(|l| l == format!("{deleted} 50")), "exactly 50 keys deleted:\n{metrics}");
+    let entities = format!("switchyard_graph_upserts_total{{handler=\"{HANDLER}\",kind=\"entity\"}}");
+    assert!(metrics.lines().any(|l| l == format!("{entities} 50")), "exactly 50 entity upserts:\n{metrics}");
+    let duration_count = format!("switchyard_event_duration_seconds_count{{handler=\"{HANDLER}\"}}");
+    assert!(sample(&metrics, &duration_count).unwrap_or_default() >= 50.0, "{metrics}");
+    let dead = format!("switchyard_dead_letters_total{{handler=\"{HANDLER}\"}}");
+    assert_eq!(sample(&metrics, &dead).unwrap_or_default(), 0.0, "no dead letters:\n{metrics}");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("switchyard_plugin_info{") && l.contains(HANDLER) && l.ends_with(" 1")),
+        "plugin_info:\n{metrics}"
+    );
+
+    // What the metrics say is what happened.
+    assert_eq!(existing(&mut valkey, &keys).await, 0, "every stress key is gone");
+    assert_eq!(existing(&mut valkey, std::slice::from_ref(&other)).await, 1, "{other} must stay");
+    assert_eq!(transitions_at(&graph, &timestamp).await, 50);
+
+    let status = serve.terminate();
+    assert_eq!(status.code(), Some(0), "graceful drain exits 0");
+    let _: () = redis::cmd("DEL").arg(&other).query_async(&mut valkey).await.unwrap();
+    remove_streams(&js, &names).await;
+}
+
+/// Puts Valkey back if a test stopped it and then failed.
+struct ValkeyStopped;
+
+impl Drop for ValkeyStopped {
+    fn drop(&mut self) {
+        services::control("start", "valkey");
+    }
+}
+
+/// `/readyz` follows the cache: 503 naming it while Valkey is stopped, 200
+/// once it is back; `/healthz` stays 200 throughout (a liveness probe must
+/// not restart a host for a dependency's outage).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_valkey_down_and_back_while_healthz_stays_up() {
+    let _faults = services::exclusive().await;
+    let names = Names::new();
+    let js = services::jetstream().await;
+    let mut serve = Serve::start(&names, &[]);
+    serve.wait_ready(Duration::from_secs(60));
+    assert_eq!(serve.get("/healthz").unwrap().0, 200);
+
+    // Keep the outage short: stop, see the 503, start again at once.
+    services::control("stop", "valkey");
+    let restart = ValkeyStopped;
+    let body = poll(Duration::from_secs(15), "/readyz 503 with the cache down", || match serve.get("/readyz") {
+        Ok((503, body)) if body.contains("cache: down") => Ok(body),
+        other => Err(format!("{other:?}")),
+    });
+    let healthz = serve.get("/healthz");
+    drop(restart); // starts Valkey
+    eprintln!("/readyz while Valkey was stopped:\n{body}");
+    assert!(body.contains("nats: up"), "{body}");
+    assert_eq!(healthz.map(|(status, _)| status), Ok(200), "/healthz stays 200 during the outage");
+
+    poll(Duration::from_secs(60), "/readyz 200 with Valkey back", || match serve.get("/readyz") {
+        Ok((200, body)) if body.contains("cache: up") => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    serve.assert_running();
+    let status = serve.terminate();
+    assert_eq!(status.code(), Some(0), "graceful drain exits 0");
+    remove_streams(&js, &names).await;
+}
+
+/// A configuration with an unknown key refuses to start, naming the key.
+#[test]
+fn serve_refuses_an_unknown_config_key_and_names_it() {
+    let id = services::unique("badcfg");
+    let dir = temp_dir(&id);
+    let config = dir.join("switchyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[nats]
+url = "nats://127.0.0.1:1"
+stream = "UNUSED"
+stream_subjects = ["unused.>"]
+
+[cache]
+url = "memory://"
+
+[graph]
+url = "memory://"
+
+[http]
+listen = ""
+
+[[handlers]]
+name = "{HANDLER}"
+plugin = "{STORY_TRANSITIONS}"
+subjects = ["unused.story"]
+durable = "unused"
+concurency = 4
+"#
+        ),
+    )
+    .unwrap();
+    let output = switchyard()
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a bad config must not start: {stderr}");
+    assert!(stderr.contains("handlers[0].concurency"), "the key is named: {stderr}");
+    assert!(stderr.contains("unknown field"), "{stderr}");
+}
+
+/// One request received by [`Collector`].
+struct Received {
+    path: String,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+/// A stand-in OTLP/HTTP collector on loopback: records every request and
+/// answers 200.
+struct Collector {
+    port: u16,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Collector {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let sink = sink.clone();
+                std::thread::spawn(move || serve_otlp(stream, &sink));
+            }
+        });
+        Collector { port, received }
+    }
+
+    fn bodies_with(&self, path: &str) -> Vec<Vec<u8>> {
+        let received = self.received.lock().unwrap();
+        received.iter().filter(|r| r.path == path).map(|r| r.body.clone()).collect()
+    }
+}
+
+/// Reads HTTP/1.1 requests from one connection until it closes.
+fn serve_otlp(stream: TcpStream, sink: &Mutex<Vec<Received>>) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut writer = match stream.try_clone() {
+        Ok(writer) => writer,
+        Err(_) => return,
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = request_line.split_whitespace().nth(1).unwrap_or_default().to_string();
+        let (mut length, mut content_type) = (0usize, String::new());
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                match name.trim().to_ascii_lowercase().as_str() {
+                    "content-length" => length = value.trim().parse().unwrap_or(0),
+                    "content-type" => content_type = value.trim().to_string(),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        sink.lock().unwrap().push(Received {
+            path,
+            content_type,
+            body,
+        });
+        if writer
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n")
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack.windows(needle.len()).filter(|w| *w == needle).count()
+}
+
+/// With `--otlp-endpoint`, spans go to `<endpoint>/v1/traces` as OTLP
+/// protobuf, and what is still batched is sent before the process exits.
+#[test]
+fn spans_are_exported_over_otlp_http_and_flushed_at_exit() {
+    let collector = Collector::start();
+    let endpoint = format!("http://127.0.0.1:{}", collector.port);
+    let output = switchyard()
+        .args(["--otlp-endpoint", &endpoint, "test", STORY_TRANSITIONS, "--events"])
+        .arg(example("stress/events.jsonl"))
+        .arg("--cache")
+        .arg(example("stress/cache.json"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // The process has exited: everything it exported has been received.
+    let bodies = collector.bodies_with("/v1/traces");
+    assert!(!bodies.is_empty(), "nothing reached /v1/traces");
+    {
+        let received = collector.received.lock().unwrap();
+        assert!(received.iter().all(|r| r.content_type == "application/x-protobuf"));
+    }
+    let all: Vec<u8> = bodies.concat();
+    assert_eq!(count(&all, b"dispatch"), 50, "one `dispatch` span per event");
+    for needle in [&b"service.name"[..], b"switchyard", b"handler", b"sequence", b"attempt"] {
+        assert!(count(&all, needle) > 0, "{} missing from the export", String::from_utf8_lossy(needle));
+    }
+}
+
+/// The same spans from `serve`: `event` (per delivery) around `dispatch`,
+/// exported while running and flushed by the graceful drain on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_exports_event_and_dispatch_spans_and_flushes_on_sigterm() {
+    let _servers = services::shared().await;
+    let collector = Collector::start();
+    let endpoint = format!("http://127.0.0.1:{}", collector.port);
+    let names = Names::new();
+    let js = services::jetstream().await;
+    let mut serve = Serve::start(&names, &["--otlp-endpoint", &endpoint]);
+    serve.wait_ready(Duration::from_secs(60));
+    let timestamp = services::unique("2026-11-26T00:00:00Z#");
+    for i in 1..=3 {
+        publish(&js, &names.subject, transition(&format!("SPAN-{i}"), &timestamp)).await;
+    }
+    let ack = format!("switchyard_events_total{{handler=\"{HANDLER}\",outcome=\"ack\"}}");
+    poll(Duration::from_secs(60), "3 acks", || match sample(&serve.metrics(), &ack) {
+        Some(n) if n >= 3.0 => Ok(()),
+        n => Err(format!("{n:?}")),
+    });
+    let log = serve.logs();
+    let status = serve.terminate();
+    assert_eq!(status.code(), Some(0), "graceful drain exits 0");
+    let all: Vec<u8> = collector.bodies_with("/v1/traces").concat();
+    assert_eq!(count(&all, b"dispatch"), 3, "one `dispatch` span per event; log:\n{log}");
+    assert!(count(&all, b"event") >= 3, "`event` spans");
+    assert!(count(&all, names.subject.as_bytes()) >= 3, "the subject is an attribute");
+    remove_streams(&js, &names).await;
+}
+
+/// A bad endpoint is refused when the command line is read.
+#[test]
+fn a_bad_otlp_endpoint_is_refused_with_the_reason() {
+    for (endpoint, reason) in [
+        ("https://collector:4318", "https is not supported"),
+        ("collector:4318", "expected an http:// URL"),
+    ] {
+        let output = switchyard()
+            .args(["--otlp-endpoint", endpoint, "test", STORY_TRANSITIONS, "--events", "unused.jsonl"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("--otlp-endpoint") && stderr.contains(reason), "{stderr}");
+    }
+}

@@ -1,0 +1,157 @@
+//! The control plane on a fleet: a push reaches every host sharing the
+//! durable, a rollback restores the previous digest, a broken push is
+//! refused by every host while the live version keeps serving.
+
+use std::time::Duration;
+
+use switchyard::control::{ControlPlane, gather_status};
+use switchyard::runtime::Digest;
+use switchyard_tests::artifacts::{HOSTILE, STORY_TRANSITIONS};
+use switchyard_tests::services;
+
+use crate::support::{HANDLER, Names, Options, TestService, transition, transitions_at};
+
+const OBJECT: &str = "story-transitions";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The same component with a custom section appended: a new digest.
+fn variant(tag: u8) -> Vec<u8> {
+    let mut bytes = std::fs::read(STORY_TRANSITIONS).unwrap();
+    let name = b"variant";
+    bytes.extend_from_slice(&[0, (name.len() + 2) as u8, name.len() as u8]);
+    bytes.extend_from_slice(name);
+    bytes.push(tag);
+    bytes
+}
+
+/// Digests the hosts answering on the control subject run for the handler.
+async fn fleet_digests(client: &async_nats::Client, names: &Names) -> Vec<String> {
+    let hosts = gather_status(client, &format!("{}.status", names.control_subject), Duration::from_millis(500))
+        .await
+        .unwrap();
+    hosts
+        .iter()
+        .flat_map(|h| h.handlers.iter().filter(|s| s.handler == HANDLER).map(|s| s.digest.clone()))
+        .collect()
+}
+
+async fn fleet_on(client: &async_nats::Client, names: &Names, digest: &str, hosts: usize) {
+    services::eventually(WAIT, &format!("{hosts} hosts on {digest}"), || async {
+        let digests = fleet_digests(client, names).await;
+        if digests.len() == hosts && digests.iter().all(|d| d == digest) {
+            Ok(())
+        } else {
+            Err(format!("{digests:?}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_reaches_two_hosts_and_rollback_restores_the_previous_digest() {
+    let _servers = services::shared().await;
+    let graph = services::neo4j().await;
+    let names = Names::new();
+    let client = async_nats::connect(services::nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let config = switchyard::config::Config::parse(
+        &crate::support::config_toml(&names, &Options::default()),
+        "control test",
+        std::iter::empty(),
+    )
+    .unwrap();
+    let control = ControlPlane::open(&js, &config.nats).await.unwrap();
+    let (first, second) = (variant(1), variant(2));
+    control.push(OBJECT, &first, None, false).await.unwrap();
+
+    let options = || Options {
+        plugin_object: Some(OBJECT.to_string()),
+        ..Options::default()
+    };
+    let host_a = TestService::start_named(names.clone(), options()).await;
+    let host_b = TestService::start_named(names.clone(), options()).await;
+    fleet_on(&client, &names, Digest::of(&first).as_str(), 2).await;
+
+    let timestamp = services::unique("fleet#");
+    for i in 0..200 {
+        if i == 100 {
+            control.push(OBJECT, &second, None, false).await.unwrap();
+        }
+        host_a.publish(transition(&format!("FLEET-{i}"), &timestamp)).await;
+    }
+    fleet_on(&client, &names, Digest::of(&second).as_str(), 2).await;
+
+    let history = control.history(OBJECT).await.unwrap();
+    let digests: Vec<&str> = history.iter().map(|v| v.digest.as_str()).collect();
+    assert_eq!(digests, [Digest::of(&first).as_str(), Digest::of(&second).as_str()]);
+    let restored = control.rollback(OBJECT, None).await.unwrap();
+    assert_eq!(restored.digest, Digest::of(&first).as_str());
+    fleet_on(&client, &names, Digest::of(&first).as_str(), 2).await;
+
+    services::eventually(WAIT, "every event handled once across both hosts", || async {
+        match transitions_at(&graph, &timestamp).await? {
+            200 => Ok(()),
+            n => Err(format!("{n} of 200 nodes")),
+        }
+    })
+    .await;
+    host_a.settled(WAIT).await;
+    let (_, _, redelivered) = host_a.consumer_state().await.unwrap();
+    assert_eq!(redelivered, 0);
+    host_a.stop().await;
+    host_b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_version_failing_its_fixtures_is_refused_by_every_host() {
+    let _servers = services::shared().await;
+    let names = Names::new();
+    let client = async_nats::connect(services::nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let config = switchyard::config::Config::parse(
+        &crate::support::config_toml(&names, &Options::default()),
+        "control test",
+        std::iter::empty(),
+    )
+    .unwrap();
+    let control = ControlPlane::open(&js, &config.nats).await.unwrap();
+    let good = variant(1);
+    control.push(OBJECT, &good, None, false).await.unwrap();
+    let host = TestService::start_named(
+        names.clone(),
+        Options {
+            plugin_object: Some(OBJECT.to_string()),
+            http: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    fleet_on(&client, &names, Digest::of(&good).as_str(), 1).await;
+
+    // Bypass the CLI's own check: the host must refuse on its own.
+    let fixtures = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/story-transitions.fixtures.jsonl")).unwrap();
+    let hostile = std::fs::read(HOSTILE).unwrap();
+    control.push(OBJECT, &hostile, Some(&fixtures), false).await.unwrap();
+    let refused = format!("switchyard_plugin_reloads_total{{handler=\"{HANDLER}\",result=\"refused\"}}");
+    services::eventually(WAIT, "the bad version refused", || async {
+        match host.metric(&refused).await {
+            Some(n) if n >= 1.0 => Ok(()),
+            n => Err(format!("{n:?}")),
+        }
+    })
+    .await;
+    let hosts = gather_status(&client, &format!("{}.status", names.control_subject), Duration::from_millis(500))
+        .await
+        .unwrap();
+    let status = &hosts[0].handlers[0];
+    assert_eq!(status.digest, Digest::of(&good).as_str(), "the live version keeps serving");
+    let last = status.last_reload.as_ref().unwrap();
+    assert_eq!(last["ok"], false);
+    assert!(last["reason"].as_str().unwrap().contains("failed its fixtures"), "{last}");
+
+    // And it still does the work.
+    let timestamp = services::unique("after-refusal#");
+    host.publish(transition("AFTER-REFUSAL", &timestamp)).await;
+    host.settled(WAIT).await;
+    host.stop().await;
+}

@@ -1,0 +1,164 @@
+//! Hot swap on a running service: versions replaced under load lose and
+//! duplicate nothing; broken versions are refused while the live one serves.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use switchyard_tests::artifacts::{HOSTILE, STORY_TRANSITIONS, WRONG_WORLD};
+use switchyard_tests::services;
+
+use crate::support::{HANDLER, Options, TestService, existing, transition, transitions_at};
+
+/// A copy of `source` in a fresh directory, the file the service watches.
+fn plugin_copy(source: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(services::unique("switchyard-reload-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("plugin.wasm");
+    std::fs::copy(source, &path).unwrap();
+    (dir, path)
+}
+
+/// Writes `bytes` to `path` as a build tool would: a temp file, renamed.
+fn replace(path: &Path, bytes: &[u8]) {
+    let temp = path.with_extension("tmp");
+    std::fs::write(&temp, bytes).unwrap();
+    std::fs::rename(&temp, path).unwrap();
+}
+
+/// The same component with a custom section appended: identical behaviour,
+/// a different digest.
+fn variant(component: &[u8], tag: u32) -> Vec<u8> {
+    let name = b"switchyard-test-variant";
+    let payload = tag.to_le_bytes();
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(&payload);
+    let mut bytes = component.to_vec();
+    bytes.push(0); // custom section id
+    bytes.push(section.len() as u8); // fits one LEB128 byte
+    bytes.extend_from_slice(&section);
+    bytes
+}
+
+fn series(name: &str, result: &str) -> String {
+    format!("switchyard_{name}_total{{handler=\"{HANDLER}\",result=\"{result}\"}}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_every_200ms_under_load_loses_and_duplicates_no_event() {
+    let _servers = services::shared().await;
+    let graph = services::neo4j().await;
+    let (_dir, path) = plugin_copy(STORY_TRANSITIONS);
+    let service = TestService::start(Options {
+        plugin: path.display().to_string(),
+        http: true,
+        ..Options::default()
+    })
+    .await;
+    let original = std::fs::read(STORY_TRANSITIONS).unwrap();
+    let versions = [variant(&original, 1), variant(&original, 2)];
+
+    let swapping = tokio_util::sync::CancellationToken::new();
+    let swapper = {
+        let (path, stop) = (path.clone(), swapping.clone());
+        tokio::spawn(async move {
+            let mut swaps = 0u32;
+            while !stop.is_cancelled() {
+                replace(&path, &versions[(swaps % 2) as usize]);
+                swaps += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            swaps
+        })
+    };
+
+    let total = 20_000;
+    let timestamp = services::unique("swap#");
+    for i in 0..total {
+        service.publish(transition(&format!("SWAP-{i}"), &timestamp)).await;
+    }
+    services::eventually(Duration::from_secs(240), "every event's node written", || async {
+        match transitions_at(&graph, &timestamp).await? {
+            n if n == total => Ok(()),
+            n => Err(format!("{n} of {total} nodes")),
+        }
+    })
+    .await;
+    swapping.cancel();
+    let swaps = swapper.await.unwrap();
+    service.settled(Duration::from_secs(60)).await;
+
+    let (_, _, redelivered) = service.consumer_state().await.unwrap();
+    assert_eq!(redelivered, 0, "no event was delivered twice");
+    assert_eq!(
+        service
+            .metric(&format!("switchyard_events_total{{handler=\"{HANDLER}\",outcome=\"ack\"}}"))
+            .await,
+        Some(f64::from(total as u32)),
+        "each event handled exactly once, and acked"
+    );
+    let reloads = service.metric(&series("plugin_reloads", "ok")).await.unwrap_or(0.0);
+    eprintln!("{swaps} file replacements, {reloads} swaps while {total} events flowed");
+    assert!(reloads >= 10.0, "only {reloads} swaps happened");
+    assert!(service.dead_letters().await.is_empty());
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_versions_are_refused_while_the_live_version_keeps_serving() {
+    let _servers = services::shared().await;
+    let mut valkey = services::valkey().await;
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/story-transitions.fixtures.jsonl");
+    let (_dir, path) = plugin_copy(STORY_TRANSITIONS);
+    let service = TestService::start(Options {
+        plugin: path.display().to_string(),
+        http: true,
+        extra_handler_toml: format!("fixtures = {:?}", fixtures.display().to_string()),
+        ..Options::default()
+    })
+    .await;
+
+    let broken: [(&str, Vec<u8>); 4] = [
+        ("not a component", b"\0asm\x0d\0\x01\0garbage".to_vec()),
+        ("half-written", std::fs::read(STORY_TRANSITIONS).unwrap()[..1000].to_vec()),
+        ("wrong world", std::fs::read(WRONG_WORLD).unwrap()),
+        // Acks everything, so it fails the fixtures that expect rejects.
+        ("fails its fixtures", std::fs::read(HOSTILE).unwrap()),
+    ];
+    for (round, (what, bytes)) in broken.iter().enumerate() {
+        replace(&path, bytes);
+        let refused = (round + 1) as f64;
+        services::eventually(Duration::from_secs(30), &format!("{what} version refused"), || async {
+            match service.metric(&series("plugin_reloads", "refused")).await {
+                Some(n) if n >= refused => Ok(()),
+                n => Err(format!("refused count {n:?}")),
+            }
+        })
+        .await;
+        // The live version still does the real work.
+        let story = services::unique("LIVE-");
+        let key = format!("context:{story}");
+        let _: () = redis::cmd("SET").arg(&key).arg("v").query_async(&mut valkey).await.unwrap();
+        service.publish(transition(&story, "t")).await;
+        services::eventually(Duration::from_secs(30), &format!("key deleted after the {what} push"), || async {
+            match existing(&mut valkey.clone(), &[key.clone()]).await? {
+                0 => Ok(()),
+                _ => Err("key still there".to_string()),
+            }
+        })
+        .await;
+    }
+    assert_eq!(service.metric(&series("plugin_reloads", "ok")).await.unwrap_or(0.0), 0.0);
+
+    // A good version after the bad ones goes live.
+    replace(&path, &variant(&std::fs::read(STORY_TRANSITIONS).unwrap(), 9));
+    services::eventually(Duration::from_secs(30), "good version swapped in", || async {
+        match service.metric(&series("plugin_reloads", "ok")).await {
+            Some(n) if n >= 1.0 => Ok(()),
+            n => Err(format!("ok count {n:?}")),
+        }
+    })
+    .await;
+    service.settled(Duration::from_secs(30)).await;
+    service.stop().await;
+}
