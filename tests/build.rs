@@ -14,6 +14,7 @@ const ARTIFACTS: &[(&str, &str, &str)] = &[
     ("story-transitions", "story_transitions", "STORY_TRANSITIONS"),
     ("guest-hostile", "guest_hostile", "HOSTILE"),
     ("guest-wrong-world", "guest_wrong_world", "WRONG_WORLD"),
+    ("guest-recorder", "guest_recorder", "RECORDER"),
 ];
 
 fn main() {

@@ -62,6 +62,7 @@ pub struct HandlerStatusWire {
     pub keys_deleted: u64,
     pub last_reload: Option<serde_json::Value>,
     pub versions_live: usize,
+    pub shadow: Option<crate::shadow::ShadowReport>,
 }
 
 impl From<&HandlerStatus> for HandlerStatusWire {
@@ -80,6 +81,7 @@ impl From<&HandlerStatus> for HandlerStatusWire {
                 .as_ref()
                 .and_then(|r| serde_json::to_value(r).ok()),
             versions_live: status.reload.history.len(),
+            shadow: status.shadow.clone(),
         }
     }
 }

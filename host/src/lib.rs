@@ -19,6 +19,8 @@
 //!   and Key-Value) and host status (request/reply).
 //! - [`reload`]: hot swap; validated versions replace the live one with a
 //!   pointer exchange.
+//! - [`shadow`]: a candidate version run beside the live one, compared,
+//!   without side effects.
 //! - [`metrics`]: the Prometheus registry; [`http`]: `/metrics`,
 //!   `/healthz`, `/readyz`.
 //! - [`source`]: [`source::jetstream`], the durable consumers and how each
@@ -40,5 +42,6 @@ pub mod metrics;
 pub mod reload;
 pub mod runtime;
 pub mod service;
+pub mod shadow;
 pub mod source;
 pub mod telemetry;

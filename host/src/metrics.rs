@@ -60,6 +60,7 @@ pub struct Metrics {
     pub faults: Family<KindLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     pub plugin: Family<PluginLabels, Gauge>,
+    pub shadow: Family<ResultLabels, Counter>,
     pub pending: Family<HandlerLabel, Gauge>,
     pub ack_pending: Family<HandlerLabel, Gauge>,
 }
@@ -122,6 +123,12 @@ impl Metrics {
         registry.register("plugin_reloads", "Plugin versions offered, by result (ok, refused)", reloads.clone());
         let plugin = Family::<PluginLabels, Gauge>::default();
         registry.register("plugin_info", "The live plugin version of each handler (value 1)", plugin.clone());
+        let shadow = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "shadow_events",
+            "Events run by a shadow candidate too, by result (same, differ)",
+            shadow.clone(),
+        );
         let pending = Family::<HandlerLabel, Gauge>::default();
         registry.register("consumer_pending", "Events in the stream not yet delivered to the consumer", pending.clone());
         let ack_pending = Family::<HandlerLabel, Gauge>::default();
@@ -139,6 +146,7 @@ impl Metrics {
             faults,
             reloads,
             plugin,
+            shadow,
             pending,
             ack_pending,
         }
@@ -213,6 +221,15 @@ impl Metrics {
             .get_or_create(&ResultLabels {
                 handler: name.to_string(),
                 result: if ok { "ok" } else { "refused" }.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn shadow(&self, name: &str, same: bool) {
+        self.shadow
+            .get_or_create(&ResultLabels {
+                handler: name.to_string(),
+                result: if same { "same" } else { "differ" }.to_string(),
             })
             .inc();
     }

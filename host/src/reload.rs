@@ -287,6 +287,66 @@ pub async fn watch_object(
     }
 }
 
+/// Follows the shadow candidate of `handler`: a pushed candidate runs
+/// beside the live version until promoted or replaced.
+pub async fn watch_shadow(
+    shared: Arc<Shared>,
+    handler: Arc<Handler>,
+    control: crate::control::ControlPlane,
+    shutdown: CancellationToken,
+) {
+    use futures::StreamExt;
+    let Some(object) = handler.config.plugin_object.clone() else {
+        return;
+    };
+    let key = crate::control::ControlPlane::shadow_key(&object);
+    loop {
+        let mut watch = match control.watch(&key).await {
+            Ok(watch) => watch,
+            Err(_) => {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        };
+        loop {
+            let entry = tokio::select! {
+                entry = watch.next() => entry,
+                () = shutdown.cancelled() => return,
+            };
+            let Some(Ok(entry)) = entry else { break };
+            if entry.operation != async_nats::jetstream::kv::Operation::Put {
+                handler.shadow.store(None);
+                tracing::info!(handler = %handler.name(), "shadow candidate cleared");
+                continue;
+            }
+            let Ok(version) = serde_json::from_slice::<crate::control::Version>(&entry.value) else {
+                continue;
+            };
+            let loaded = match control.fetch(&object, &version).await {
+                Ok((bytes, _)) => {
+                    let runtime = shared.runtime.clone();
+                    tokio::task::spawn_blocking(move || runtime.load(&bytes))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()))
+                }
+                Err(error) => Err(format!("{error:#}")),
+            };
+            match loaded {
+                Ok(plugin) => {
+                    tracing::info!(handler = %handler.name(), candidate = %plugin.digest(), "shadow candidate running beside the live version");
+                    handler.shadow.store(Some(Arc::new(crate::shadow::Shadow::new(plugin))));
+                }
+                Err(error) => {
+                    tracing::error!(handler = %handler.name(), digest = %version.digest, %error, "shadow candidate refused");
+                }
+            }
+        }
+    }
+}
+
 fn record_failure(handler: &Handler, digest: &str, reason: &str, origin: &str) {
     let mut state = handler.reload.lock().unwrap_or_else(|p| p.into_inner());
     state.last = Some(ReloadResult {
@@ -314,6 +374,7 @@ pub struct HandlerStatus {
     pub dead_lettered: u64,
     pub keys_deleted: u64,
     pub reload: ReloadState,
+    pub shadow: Option<crate::shadow::ShadowReport>,
 }
 
 /// A snapshot of every handler.
@@ -335,6 +396,10 @@ pub fn status(shared: &Shared) -> Vec<HandlerStatus> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            shadow: handler
+                .shadow
+                .load_full()
+                .map(|s| s.report.lock().unwrap_or_else(|p| p.into_inner()).clone()),
         })
         .collect()
 }

@@ -37,6 +37,8 @@ pub struct Handler {
     pub stats: HandlerStats,
     /// Versions offered and their results; see [`crate::reload`].
     pub reload: std::sync::Mutex<ReloadState>,
+    /// A candidate running beside the live version; see [`crate::shadow`].
+    pub shadow: arc_swap::ArcSwapOption<crate::shadow::Shadow>,
 }
 
 impl Handler {
@@ -135,6 +137,7 @@ pub async fn run(config: Config, health: Arc<Health>, shutdown: CancellationToke
                 plugin: ArcSwap::new(plugin),
                 stats: HandlerStats::default(),
                 reload: Default::default(),
+                shadow: Default::default(),
             })
         })
         .collect();
@@ -158,6 +161,7 @@ pub async fn run(config: Config, health: Arc<Health>, shutdown: CancellationToke
             }
             (None, Some(control)) => {
                 tokio::spawn(reload::watch_object(shared.clone(), handler.clone(), control.clone(), shutdown.clone()));
+                tokio::spawn(reload::watch_shadow(shared.clone(), handler.clone(), control.clone(), shutdown.clone()));
             }
             (None, None) => {}
         }

@@ -121,10 +121,10 @@ impl Telemetry {
 
     /// Flushes and stops export now (also done on drop).
     pub fn shutdown(&mut self) {
-        if let Some(provider) = self.provider.take() {
-            if let Err(error) = provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT) {
-                tracing::warn!(%error, url = %self.traces_url, "OpenTelemetry: the last spans may not have been exported");
-            }
+        if let Some(provider) = self.provider.take()
+            && let Err(error) = provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT)
+        {
+            tracing::warn!(%error, url = %self.traces_url, "OpenTelemetry: the last spans may not have been exported");
         }
     }
 }

@@ -158,6 +158,10 @@ max = "2s"
 
 [handlers.config]
 key_prefix = "{key_prefix}"
+
+[handlers.grants]
+cache_keys = ["{key_prefix}*"]
+graph_labels = ["PhaseTransition"]
 "#,
             nats = services::nats_url(),
             valkey = services::valkey_url(),
@@ -496,6 +500,33 @@ concurency = 4
     assert!(stderr.contains("unknown field"), "{stderr}");
 }
 
+/// The configurations shipped with the deployment examples are accepted by
+/// the host as they are (the Kubernetes one is read out of its ConfigMap).
+#[test]
+fn the_deployment_examples_configurations_are_accepted() {
+    use switchyard::config::Config;
+
+    let docker = std::fs::read_to_string(example("docker/switchyard.toml")).unwrap();
+    let config = Config::parse(&docker, "examples/docker/switchyard.toml", std::iter::empty())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.handlers.len(), 1);
+
+    // The block scalar under `switchyard.toml: |`, de-indented.
+    let manifest = std::fs::read_to_string(example("k8s/configmap.yaml")).unwrap();
+    let mut lines = manifest.lines().skip_while(|line| line.trim() != "switchyard.toml: |").skip(1);
+    let first = lines.clone().find(|line| !line.trim().is_empty()).expect("a TOML block");
+    let indent = first.len() - first.trim_start().len();
+    let toml: String = lines
+        .by_ref()
+        .take_while(|line| line.trim().is_empty() || line.len() - line.trim_start().len() >= indent)
+        .map(|line| format!("{}\n", line.get(indent..).unwrap_or("")))
+        .collect();
+    let config = Config::parse(&toml, "examples/k8s/configmap.yaml", std::iter::empty())
+        .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    assert_eq!(config.http.listen, "0.0.0.0:9464");
+    assert_eq!(config.handlers[0].grants.graph_labels, ["PhaseTransition"]);
+}
+
 /// One request received by [`Collector`].
 struct Received {
     path: String,
@@ -659,4 +690,14 @@ fn a_bad_otlp_endpoint_is_refused_with_the_reason() {
         assert_eq!(output.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains("--otlp-endpoint") && stderr.contains(reason), "{stderr}");
     }
+    // An empty OTEL_EXPORTER_OTLP_ENDPOINT (as a manifest may leave it) is no export.
+    let output = switchyard()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+        .args(["test", STORY_TRANSITIONS, "--events"])
+        .arg(example("stress/events.jsonl"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("exporting spans"), "{stderr}");
 }

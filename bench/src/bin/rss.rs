@@ -45,13 +45,13 @@ fn main() {
         assert_eq!(dispatch.effects.keys_deleted, 2, "{dispatch:?}");
     };
 
-    println!("{:<28} {:>8} KiB", "VmRSS after load:", vm_rss_kib());
+    println!("{:<34} {:>8} KiB", "VmRSS after load:", vm_rss_kib());
     for _ in 0..WARM_UP {
         dispatch(&tokio);
     }
     let before = vm_rss_kib();
     println!(
-        "{:<28} {before:>8} KiB",
+        "{:<34} {before:>8} KiB",
         format!("VmRSS after {WARM_UP} warm-up events:")
     );
     let started = Instant::now();
@@ -60,7 +60,7 @@ fn main() {
         dispatch(&tokio);
         if i % quarter == 0 || i == n {
             println!(
-                "{:<28} {:>8} KiB",
+                "{:<34} {:>8} KiB",
                 format!("VmRSS after {i} more events:"),
                 vm_rss_kib()
             );

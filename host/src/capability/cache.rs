@@ -149,6 +149,39 @@ mod tests {
         assert_eq!(cache.keys(), ["other:S1"]);
     }
 
+    /// Log output captured for one test.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_denied_call_is_logged_with_the_handler_and_what_it_named() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let (mut state, _) = granted(&["context:*"]);
+        let _ = state.scan("*".into(), 0, 10).await.unwrap();
+        let _ = state.delete(vec!["other:S1".into()]).await.unwrap();
+        let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let scan = logs.lines().find(|l| l.contains("cache scan denied")).unwrap_or_else(|| panic!("{logs}"));
+        assert!(scan.contains("WARN") && scan.contains("handler=h") && scan.contains("pattern=\"*\""), "{scan}");
+        let delete = logs.lines().find(|l| l.contains("cache delete denied")).unwrap_or_else(|| panic!("{logs}"));
+        assert!(delete.contains("handler=h") && delete.contains("key=\"other:S1\""), "{delete}");
+    }
+
     #[tokio::test]
     async fn a_handler_without_grants_reaches_no_key() {
         let (mut state, cache) = granted(&[]);

@@ -221,6 +221,16 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                     handler.dead_lettered,
                     handler.keys_deleted,
                 );
+                if let Some(shadow) = &handler.shadow {
+                    println!(
+                        "  {:<24} shadow {}: {} compared, {} differing{}",
+                        "",
+                        shadow.digest,
+                        shadow.compared,
+                        shadow.differing,
+                        shadow.last_difference.as_ref().map(|d| format!("; last: {d}")).unwrap_or_default()
+                    );
+                }
             }
         }
         Ok(ExitCode::SUCCESS)

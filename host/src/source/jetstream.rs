@@ -617,7 +617,7 @@ impl Flow {
                 return None;
             }
         };
-        let period = (self.handler.config.ack_wait / 2).max(Duration::from_millis(100));
+        let period = Duration::from_secs(3600);
         let keepalive = KeepAlive::start(&message, period);
         Some(Held {
             message,
@@ -901,7 +901,7 @@ async fn run_event(flow: &Flow, held: &Held, attempt: u32, in_place: bool) -> St
             published_at_ms: millis_since_epoch(held.published),
         };
         let dispatch = tokio::select! {
-            dispatch = shared.runtime.dispatch(&plugin, &handler.env, event) => dispatch,
+            dispatch = crate::shadow::dispatch(shared, handler, &plugin, event) => dispatch,
             () = flow.abort.cancelled() => {
                 tracing::warn!("still running after the drain grace period; stopped, will be nak'ed");
                 return Step::Stopped;
@@ -1257,13 +1257,11 @@ pub async fn replay_dead_letters(
         .with_context(|| format!("cannot open dead-letter stream {}", source.stream))?;
     let mut reader = DeadLetterReader::open(js, source).await?;
     let mut report = ReplayReport::default();
-    while let Some(letter) = reader.next().await? {
+    while !limit.is_some_and(|limit| report.matched >= limit) {
+        let Some(letter) = reader.next().await? else { break };
         report.seen += 1;
         if filter.is_some_and(|text| !letter.matches(text)) {
             continue;
-        }
-        if limit.is_some_and(|limit| report.matched >= limit) {
-            break;
         }
         report.matched += 1;
         match replay_one(js, &letter).await {

@@ -155,3 +155,75 @@ async fn pushed_version_failing_its_fixtures_is_refused_by_every_host() {
     host.settled(WAIT).await;
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_candidate_reports_a_planted_difference_without_side_effects() {
+    let _servers = services::shared().await;
+    let mut valkey = services::valkey().await;
+    let graph = services::neo4j().await;
+    let names = Names::new();
+    let client = async_nats::connect(services::nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let config = switchyard::config::Config::parse(
+        &crate::support::config_toml(&names, &Options::default()),
+        "control test",
+        std::iter::empty(),
+    )
+    .unwrap();
+    let control = ControlPlane::open(&js, &config.nats).await.unwrap();
+    let live = variant(1);
+    control.push(OBJECT, &live, None, false).await.unwrap();
+    let host = TestService::start_named(
+        names.clone(),
+        Options {
+            plugin_object: Some(OBJECT.to_string()),
+            http: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    fleet_on(&client, &names, Digest::of(&live).as_str(), 1).await;
+
+    // The candidate acks every event and deletes nothing: a planted bug.
+    let candidate = std::fs::read(HOSTILE).unwrap();
+    control.push(OBJECT, &candidate, None, true).await.unwrap();
+    let shadow_digest = Digest::of(&candidate).to_string();
+    services::eventually(WAIT, "candidate running in shadow", || async {
+        let hosts = gather_status(&client, &format!("{}.status", names.control_subject), Duration::from_millis(300))
+            .await
+            .map_err(|e| e.to_string())?;
+        match hosts.first().and_then(|h| h.handlers[0].shadow.clone()) {
+            Some(shadow) if shadow.digest == shadow_digest => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    let story = services::unique("SHADOW-");
+    let keys = [format!("context:{story}"), format!("context:{story}:dev")];
+    for key in &keys {
+        let _: () = redis::cmd("SET").arg(key).arg("v").query_async(&mut valkey).await.unwrap();
+    }
+    let timestamp = services::unique("shadow#");
+    host.publish(transition(&story, &timestamp)).await;
+    host.settled(WAIT).await;
+
+    let differ = format!("switchyard_shadow_events_total{{handler=\"{HANDLER}\",result=\"differ\"}}");
+    assert_eq!(host.metric(&differ).await, Some(1.0));
+    let hosts = gather_status(&client, &format!("{}.status", names.control_subject), Duration::from_millis(500))
+        .await
+        .unwrap();
+    let shadow = hosts[0].handlers[0].shadow.clone().unwrap();
+    assert_eq!((shadow.compared, shadow.differing), (1, 1));
+    let difference = shadow.last_difference.unwrap();
+    assert!(difference.contains("keys deleted: live 2, candidate 0"), "{difference}");
+    assert!(difference.contains("nodes written"), "{difference}");
+    // The live version's effects happened, exactly once.
+    assert_eq!(crate::support::existing(&mut valkey, &keys).await.unwrap(), 0);
+    assert_eq!(transitions_at(&graph, &timestamp).await.unwrap(), 1);
+
+    let promoted = control.promote(OBJECT).await.unwrap();
+    assert_eq!(promoted.digest, shadow_digest);
+    fleet_on(&client, &names, &shadow_digest, 1).await;
+    host.stop().await;
+}

@@ -2,6 +2,7 @@
 //! `scripts/services up`. A missing server fails the test that needs it.
 
 mod control;
+mod delivery;
 mod differential;
 mod e2e;
 mod hostile;

@@ -162,7 +162,6 @@ key_prefix = "context:"
 /// A running in-process service.
 pub struct TestService {
     pub names: Names,
-    pub config: Config,
     pub health: Arc<Health>,
     pub js: Context,
     shutdown: CancellationToken,
@@ -179,10 +178,9 @@ impl TestService {
             .expect("test configuration is valid");
         let health = Arc::new(Health::default());
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(service::run(config.clone(), health.clone(), shutdown.clone()));
+        let task = tokio::spawn(service::run(config, health.clone(), shutdown.clone()));
         let service = TestService {
             names,
-            config,
             health,
             js: services::jetstream().await,
             shutdown,
