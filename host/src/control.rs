@@ -62,6 +62,7 @@ pub struct HandlerStatusWire {
     pub keys_deleted: u64,
     pub last_reload: Option<serde_json::Value>,
     pub versions_live: usize,
+    pub longest_swap_ns: u64,
     pub shadow: Option<crate::shadow::ShadowReport>,
 }
 
@@ -81,6 +82,7 @@ impl From<&HandlerStatus> for HandlerStatusWire {
                 .as_ref()
                 .and_then(|r| serde_json::to_value(r).ok()),
             versions_live: status.reload.history.len(),
+            longest_swap_ns: status.reload.longest_swap_ns,
             shadow: status.shadow.clone(),
         }
     }

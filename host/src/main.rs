@@ -40,6 +40,8 @@ enum Command {
     Publish(commands::publish::PublishArgs),
     /// Run a plugin over events on in-memory backends and report outcomes and effects.
     Test(commands::test::TestArgs),
+    /// List a handler's dead letters, or replay them to their original subjects.
+    Dlq(commands::dlq::DlqArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Plugin(args) => commands::plugin::run(args),
         Command::Status(args) => commands::plugin::status(args),
         Command::Test(args) => commands::test::run(args),
+        Command::Dlq(args) => commands::dlq::run(args),
     };
     match result {
         Ok(code) => code,

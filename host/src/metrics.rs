@@ -90,7 +90,7 @@ impl Metrics {
         let events = Family::<OutcomeLabels, Counter>::default();
         registry.register("events", "Events handled, by outcome", events.clone());
         let duration = Family::<HandlerLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.000_1, 2.0, 18))
+            Histogram::new(exponential_buckets(0.000_1, 1.5, 30))
         });
         registry.register(
             "event_duration_seconds",

@@ -44,6 +44,9 @@ pub struct ReloadState {
     /// Versions that went live, oldest first (at most [`HISTORY`]).
     pub history: Vec<ReloadResult>,
     pub last: Option<ReloadResult>,
+    /// The longest a swap held the live pointer, in nanoseconds: the most
+    /// any consumer could have waited on a reload.
+    pub longest_swap_ns: u64,
 }
 
 /// Live versions remembered per handler.
@@ -84,7 +87,13 @@ pub async fn offer(
     let name = handler.name();
     match result {
         Ok(plugin) => {
+            let started = std::time::Instant::now();
             let previous = handler.plugin.swap(plugin.clone());
+            let swap_ns = started.elapsed().as_nanos() as u64;
+            {
+                let mut state = handler.reload.lock().unwrap_or_else(|p| p.into_inner());
+                state.longest_swap_ns = state.longest_swap_ns.max(swap_ns);
+            }
             shared
                 .metrics
                 .plugin_live(name, Some(previous.digest().as_str()), plugin.digest().as_str());

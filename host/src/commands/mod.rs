@@ -1,3 +1,4 @@
+pub mod dlq;
 pub mod plugin;
 pub mod publish;
 pub mod serve;

@@ -617,7 +617,7 @@ impl Flow {
                 return None;
             }
         };
-        let period = Duration::from_secs(3600);
+        let period = (self.handler.config.ack_wait / 2).max(Duration::from_millis(100));
         let keepalive = KeepAlive::start(&message, period);
         Some(Held {
             message,

@@ -40,6 +40,30 @@ fn variant(component: &[u8], tag: u32) -> Vec<u8> {
     bytes
 }
 
+/// The cumulative buckets of the handling-latency histogram: (le, count).
+async fn histogram(service: &TestService) -> Vec<(f64, f64)> {
+    let listen = service.names.listen.clone().unwrap();
+    let text = crate::support::http_get(&listen, "/metrics").await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("switchyard_event_duration_seconds_bucket{"))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, l.rsplit_once(' ')?.1.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The upper bound of the bucket holding the 99th percentile.
+fn p99(buckets: &[(f64, f64)]) -> f64 {
+    let total = buckets.last().map(|(_, c)| *c).unwrap_or(0.0);
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= total * 0.99)
+        .map(|(le, _)| *le)
+        .unwrap_or(f64::NAN)
+}
+
 fn series(name: &str, result: &str) -> String {
     format!("switchyard_{name}_total{{handler=\"{HANDLER}\",result=\"{result}\"}}")
 }
@@ -57,6 +81,21 @@ async fn swapping_every_200ms_under_load_loses_and_duplicates_no_event() {
     .await;
     let original = std::fs::read(STORY_TRANSITIONS).unwrap();
     let versions = [variant(&original, 1), variant(&original, 2)];
+
+    // First without swaps, to compare latency side by side.
+    let quiet = services::unique("quiet#");
+    let baseline_events = 5_000;
+    for i in 0..baseline_events {
+        service.publish(transition(&format!("QUIET-{i}"), &quiet)).await;
+    }
+    services::eventually(Duration::from_secs(120), "baseline events handled", || async {
+        match transitions_at(&graph, &quiet).await? {
+            n if n == baseline_events => Ok(()),
+            n => Err(format!("{n} of {baseline_events}")),
+        }
+    })
+    .await;
+    let before = histogram(&service).await;
 
     let swapping = tokio_util::sync::CancellationToken::new();
     let swapper = {
@@ -87,6 +126,21 @@ async fn swapping_every_200ms_under_load_loses_and_duplicates_no_event() {
     swapping.cancel();
     let swaps = swapper.await.unwrap();
     service.settled(Duration::from_secs(60)).await;
+    let after = histogram(&service).await;
+    let during: Vec<(f64, f64)> = after.iter().zip(&before).map(|((le, a), (_, b))| (*le, a - b)).collect();
+    let hosts = switchyard::control::gather_status(
+        &async_nats::connect(services::nats_url()).await.unwrap(),
+        &format!("{}.status", service.names.control_subject),
+        Duration::from_millis(500),
+    )
+    .await
+    .unwrap();
+    eprintln!(
+        "p99 handling latency: {:.2} ms without swaps ({baseline_events} events), {:.2} ms with a swap every 200 ms ({total} events); longest swap {} ns",
+        p99(&before) * 1e3,
+        p99(&during) * 1e3,
+        hosts[0].handlers[0].longest_swap_ns
+    );
 
     let (_, _, redelivered) = service.consumer_state().await.unwrap();
     assert_eq!(redelivered, 0, "no event was delivered twice");
@@ -94,7 +148,7 @@ async fn swapping_every_200ms_under_load_loses_and_duplicates_no_event() {
         service
             .metric(&format!("switchyard_events_total{{handler=\"{HANDLER}\",outcome=\"ack\"}}"))
             .await,
-        Some(f64::from(total as u32)),
+        Some(f64::from((total + baseline_events) as u32)),
         "each event handled exactly once, and acked"
     );
     let reloads = service.metric(&series("plugin_reloads", "ok")).await.unwrap_or(0.0);
