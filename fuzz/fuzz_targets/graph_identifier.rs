@@ -15,7 +15,10 @@ fuzz_target!(|name: &str| {
         let mut bytes = name.bytes();
         let first = bytes.next().unwrap_or(b'0');
         assert!(first.is_ascii_alphabetic() || first == b'_', "{name:?}");
-        assert!(bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_'), "{name:?}");
+        assert!(
+            bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "{name:?}"
+        );
         assert!(name.len() <= MAX_IDENTIFIER_BYTES);
     }
     let config = GrantsConfig {

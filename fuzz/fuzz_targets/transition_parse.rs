@@ -13,7 +13,9 @@ use switchyard::grant::contains;
 const GRANT: &str = "context:*";
 
 fuzz_target!(|payload: &[u8]| {
-    let Ok(transition) = parse(payload) else { return };
+    let Ok(transition) = parse(payload) else {
+        return;
+    };
     assert!(!transition.story_id.is_empty());
     assert!(!transition.timestamp.is_empty());
     assert!(transition.node_id().starts_with(&transition.story_id));
@@ -28,5 +30,8 @@ fuzz_target!(|payload: &[u8]| {
     // The escaped pattern matches the story's children and not the bare key.
     let child = format!("{}x", keys.child_prefix());
     assert!(matches(keys.scan_pattern().as_bytes(), child.as_bytes()));
-    assert!(!matches(keys.scan_pattern().as_bytes(), keys.bare_key().as_bytes()));
+    assert!(!matches(
+        keys.scan_pattern().as_bytes(),
+        keys.bare_key().as_bytes()
+    ));
 });

@@ -6,8 +6,9 @@
 //! granted nothing. [`Grants`] is the checked form the capabilities consult
 //! on every call:
 //!
-//! - a `delete` is granted when every key matches some pattern of
-//!   `cache_keys` ([`crate::glob::matches`]) and there are at most
+//! - a `delete` is granted when every key is one that `SCAN MATCH` with
+//!   some pattern of `cache_keys` would return ([`scanned_by`]: Valkey's
+//!   matcher, and `*` alone for every key), and there are at most
 //!   `max_delete_keys` of them;
 //! - a `scan` is granted when every key its pattern could match is matched
 //!   by some pattern of `cache_keys`: pattern containment, [`containment`];
@@ -172,7 +173,8 @@ impl Grants {
 
     /// Whether nothing at all is granted on the cache and the graph.
     pub fn is_empty(&self) -> bool {
-        let empty = |scope: &Scope<BTreeSet<String>>| matches!(scope, Scope::Only(set) if set.is_empty());
+        let empty =
+            |scope: &Scope<BTreeSet<String>>| matches!(scope, Scope::Only(set) if set.is_empty());
         matches!(&self.cache, Scope::Only(p) if p.is_empty())
             && empty(&self.labels)
             && empty(&self.relations)
@@ -184,8 +186,11 @@ impl Grants {
             Scope::Everything => return Ok(()),
             Scope::Only(patterns) => patterns,
         };
-        let tokens: Vec<&[Token]> = patterns.iter().map(|p| p.tokens.as_slice()).collect();
-        let why = match containment_of(&tokens, pattern.as_bytes()) {
+        let grants: Vec<(&[u8], &[Token])> = patterns
+            .iter()
+            .map(|p| (p.text.as_bytes(), p.tokens.as_slice()))
+            .collect();
+        let why = match containment_of(&grants, pattern.as_bytes()) {
             Containment::Inside => return Ok(()),
             Containment::Outside { example } => {
                 format!("it can match {:?}", String::from_utf8_lossy(&example))
@@ -223,7 +228,7 @@ impl Grants {
         let granted = |key: &String| {
             patterns
                 .iter()
-                .any(|p| is_universal(&p.tokens) || crate::glob::matches(p.text.as_bytes(), key.as_bytes()))
+                .any(|p| scanned_by(p.text.as_bytes(), key.as_bytes()))
         };
         match keys.iter().find(|key| !granted(key)) {
             None => Ok(()),
@@ -277,7 +282,12 @@ impl fmt::Display for Grants {
     }
 }
 
-fn check_name(scope: &Scope<BTreeSet<String>>, what: &str, field: &str, name: &str) -> Result<(), Denial> {
+fn check_name(
+    scope: &Scope<BTreeSet<String>>,
+    what: &str,
+    field: &str,
+    name: &str,
+) -> Result<(), Denial> {
     match scope {
         Scope::Everything => Ok(()),
         Scope::Only(set) if set.contains(name) => Ok(()),
@@ -291,19 +301,20 @@ fn check_name(scope: &Scope<BTreeSet<String>>, what: &str, field: &str, name: &s
     }
 }
 
-/// Whether every key that `pattern` could match is matched by a pattern of
-/// `grants`: [`Containment::Inside`] only; unknown counts as no.
+/// Whether every key `SCAN MATCH pattern` could return is one a pattern of
+/// `grants` covers ([`scanned_by`]): [`Containment::Inside`] only; unknown
+/// counts as no.
 pub fn contains(grants: &[&str], pattern: &str) -> bool {
     containment(grants, pattern.as_bytes()) == Containment::Inside
 }
 
-/// The answer to "is every key `pattern` matches also matched by one of
-/// `grants`?".
+/// The answer to "is every key `pattern` scans also covered by one of
+/// `grants`?" (both in the sense of [`scanned_by`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Containment {
-    /// Yes: every key the pattern matches is granted.
+    /// Yes: every key the pattern scans is granted.
     Inside,
-    /// No: `example` matches the pattern and no grant.
+    /// No: the pattern scans `example` and no grant covers it.
     Outside { example: Vec<u8> },
     /// The search ran out of budget; treat as no.
     Unknown,
@@ -313,8 +324,19 @@ pub enum Containment {
 /// glob patterns. See the module docs.
 pub fn containment(grants: &[impl AsRef<[u8]>], pattern: &[u8]) -> Containment {
     let parsed: Vec<Vec<Token>> = grants.iter().map(|g| parse(g.as_ref())).collect();
-    let tokens: Vec<&[Token]> = parsed.iter().map(Vec::as_slice).collect();
-    containment_of(&tokens, pattern)
+    let grants: Vec<(&[u8], &[Token])> = grants
+        .iter()
+        .zip(&parsed)
+        .map(|(text, tokens)| (text.as_ref(), tokens.as_slice()))
+        .collect();
+    containment_of(&grants, pattern)
+}
+
+/// Whether `SCAN MATCH pattern` returns `key`: what the matcher matches,
+/// except that Valkey answers the pattern `*` alone with every key, the
+/// empty one too. A grant covers exactly the keys its pattern would scan.
+pub fn scanned_by(pattern: &[u8], key: &[u8]) -> bool {
+    pattern == b"*" || crate::glob::matches(pattern, key)
 }
 
 /// Most search states one containment question may visit.
@@ -327,19 +349,29 @@ const MAX_WORK: usize = 2_000_000;
 /// does not model.
 const MAX_GRANT_STARS: usize = 64;
 
-fn containment_of(grants: &[&[Token]], pattern: &[u8]) -> Containment {
-    if grants.iter().any(|g| is_universal(g)) {
+/// Containment in the sense of [`scanned_by`], for grants given as (text,
+/// parsed tokens).
+fn containment_of(grants: &[(&[u8], &[Token])], pattern: &[u8]) -> Containment {
+    if grants.iter().any(|(text, _)| *text == b"*") {
         return Containment::Inside;
     }
-    if grants.iter().any(|g| star_runs(g) > MAX_GRANT_STARS) {
+    if grants
+        .iter()
+        .any(|(_, tokens)| star_runs(tokens) > MAX_GRANT_STARS)
+    {
         return Containment::Unknown;
     }
-    let verdict = search(grants, &parse(pattern));
-    // The search is over non-empty keys. The empty key is matched only by
-    // the empty pattern, and by `*`, which `SCAN` special-cases to return
-    // every key.
-    if (pattern.is_empty() || pattern == b"*") && verdict == Containment::Inside {
-        return Containment::Outside { example: Vec::new() };
+    let tokens: Vec<&[Token]> = grants.iter().map(|(_, tokens)| *tokens).collect();
+    let verdict = search(&tokens, &parse(pattern));
+    // The search is over non-empty keys. The empty key is scanned by the
+    // empty pattern and by `*`; of the grants left, only the empty pattern
+    // covers it.
+    let empty_key_scanned = pattern.is_empty() || pattern == b"*";
+    let empty_key_granted = grants.iter().any(|(text, _)| text.is_empty());
+    if verdict == Containment::Inside && empty_key_scanned && !empty_key_granted {
+        return Containment::Outside {
+            example: Vec::new(),
+        };
     }
     verdict
 }
@@ -453,11 +485,6 @@ fn parse(pattern: &[u8]) -> Vec<Token> {
     tokens
 }
 
-/// A pattern of `*` only: every key.
-fn is_universal(tokens: &[Token]) -> bool {
-    !tokens.is_empty() && tokens.iter().all(|t| *t == Token::Star)
-}
-
 fn star_runs(tokens: &[Token]) -> usize {
     tokens.iter().filter(|t| **t == Token::Star).count()
 }
@@ -525,13 +552,15 @@ impl Automaton {
     }
 
     fn accepts(&self, set: &[u32]) -> bool {
-        set.iter().any(|&at| self.steps[at as usize] == Step::Accept)
+        set.iter()
+            .any(|&at| self.steps[at as usize] == Step::Accept)
     }
 
     /// Whether the set accepts every continuation: it holds a final `*`.
     fn accepts_everything(&self, set: &[u32]) -> bool {
         set.iter().any(|&at| {
-            self.steps[at as usize] == Step::Star && self.steps.get(at as usize + 1) == Some(&Step::Accept)
+            self.steps[at as usize] == Step::Star
+                && self.steps.get(at as usize + 1) == Some(&Step::Accept)
         })
     }
 }
@@ -726,10 +755,22 @@ mod tests {
         assert!(inside(&["context:[a-z]*"], "context:[b-d]x*"));
         assert!(!inside(&["context:[a-z]*"], "context:[^b]*"));
         assert!(inside(&["context:[^x]*"], "context:[ab]*"));
-        assert!(inside(&["context:[z-a]*"], "context:q*"), "a reversed range is swapped");
-        assert!(!inside(&["context:?*"], "context:*"), "`?*` needs one byte more");
-        assert!(inside(&["context:*"], "context:[]"), "an empty class matches nothing");
-        assert!(inside(&["other:*"], "context:[]*"), "a pattern matching nothing is inside anything");
+        assert!(
+            inside(&["context:[z-a]*"], "context:q*"),
+            "a reversed range is swapped"
+        );
+        assert!(
+            !inside(&["context:?*"], "context:*"),
+            "`?*` needs one byte more"
+        );
+        assert!(
+            inside(&["context:*"], "context:[]"),
+            "an empty class matches nothing"
+        );
+        assert!(
+            inside(&["other:*"], "context:[]*"),
+            "a pattern matching nothing is inside anything"
+        );
     }
 
     #[test]
@@ -749,16 +790,58 @@ mod tests {
     }
 
     #[test]
-    fn scan_of_star_needs_a_universal_grant() {
+    fn scan_of_star_needs_the_grant_star() {
         assert!(inside(&["*"], "*"));
-        assert!(inside(&["**"], "*"));
-        // `?*` matches every non-empty key, but SCAN MATCH * also returns the empty key.
-        assert_eq!(
-            containment(&["?*"], b"*"),
-            Containment::Outside { example: Vec::new() }
-        );
+        // `**` and `?*` match every non-empty key, but SCAN MATCH * also
+        // returns the empty key, which only `*` alone grants.
+        for grant in ["**", "?*"] {
+            assert_eq!(
+                containment(&[grant], b"*"),
+                Containment::Outside {
+                    example: Vec::new()
+                },
+                "{grant}"
+            );
+            assert!(inside(&[grant], "x*"), "{grant}");
+        }
         assert!(!inside(&[], "context:*"));
         assert!(!inside(&[], "x"));
+    }
+
+    /// Found by fuzzing (`glob_containment`, input `%+*\242`): a grant of
+    /// only `*`s other than `*` itself was taken for "every key", the empty
+    /// key too, while Valkey scans the empty key only for `*` alone (and
+    /// the empty pattern). A grant now covers exactly what it would scan.
+    #[test]
+    fn fuzz_regression_empty_key_is_granted_only_by_star_alone() {
+        assert_eq!(
+            containment(&["**"], b""),
+            Containment::Outside {
+                example: Vec::new()
+            }
+        );
+        assert_eq!(containment(&["*"], b""), Containment::Inside);
+        assert_eq!(containment(&[""], b""), Containment::Inside);
+        assert!(scanned_by(b"*", b"") && !scanned_by(b"**", b"") && scanned_by(b"", b""));
+        let config = |pattern: &str| GrantsConfig {
+            cache_keys: vec![pattern.to_string()],
+            ..GrantsConfig::default()
+        };
+        assert!(
+            Grants::new(&config("*"))
+                .check_delete(&[String::new()])
+                .is_ok()
+        );
+        assert!(
+            Grants::new(&config("**"))
+                .check_delete(&[String::new()])
+                .is_err()
+        );
+        assert!(
+            Grants::new(&config("**"))
+                .check_delete(&["x".into()])
+                .is_ok()
+        );
     }
 
     #[test]
@@ -787,7 +870,9 @@ mod tests {
         assert!(!tokens_match(&tokens, b"\x80"));
         assert_eq!(
             containment(&[grant], b"[a-\xff]"),
-            Containment::Outside { example: vec![0xff] }
+            Containment::Outside {
+                example: vec![0xff]
+            }
         );
     }
 
@@ -796,11 +881,17 @@ mod tests {
         let Containment::Outside { example } = containment(&["context:*"], b"*") else {
             panic!("expected outside")
         };
-        assert!(matches(b"*", &example) && !matches(b"context:*", &example), "{example:?}");
+        assert!(
+            matches(b"*", &example) && !matches(b"context:*", &example),
+            "{example:?}"
+        );
         let Containment::Outside { example } = containment(&["context:a*"], b"context:*") else {
             panic!("expected outside")
         };
-        assert!(matches(b"context:*", &example) && !matches(b"context:a*", &example), "{example:?}");
+        assert!(
+            matches(b"context:*", &example) && !matches(b"context:a*", &example),
+            "{example:?}"
+        );
     }
 
     #[test]
@@ -809,12 +900,23 @@ mod tests {
         // construction, which grows as 2^n in the number of `?` after the `a`.
         let grant = format!("*a{}", "?".repeat(40));
         let started = std::time::Instant::now();
-        assert_eq!(containment(&[grant.as_str()], grant.as_bytes()), Containment::Unknown);
-        assert!(started.elapsed() < std::time::Duration::from_millis(500), "{:?}", started.elapsed());
+        assert_eq!(
+            containment(&[grant.as_str()], grant.as_bytes()),
+            Containment::Unknown
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
         let long = format!("context:{}*", "x".repeat(MAX_KEY_BYTES - 10));
         let started = std::time::Instant::now();
         assert!(inside(&["context:*"], &long));
-        assert!(started.elapsed() < std::time::Duration::from_millis(500), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     // Property tests over random patterns. The alphabet is small so that
@@ -873,8 +975,16 @@ mod tests {
                     if members.is_empty() {
                         return None;
                     }
-                    let preferred: Vec<u8> = members.iter().copied().filter(|b| ALPHABET.contains(b)).collect();
-                    let pool = if !preferred.is_empty() && rng.random_bool(0.8) { &preferred } else { &members };
+                    let preferred: Vec<u8> = members
+                        .iter()
+                        .copied()
+                        .filter(|b| ALPHABET.contains(b))
+                        .collect();
+                    let pool = if !preferred.is_empty() && rng.random_bool(0.8) {
+                        &preferred
+                    } else {
+                        &members
+                    };
                     key.push(pool[rng.random_range(0..pool.len())]);
                 }
             }
@@ -910,21 +1020,31 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(0x5eed_0002);
         let (mut proved_inside, mut proved_outside) = (0, 0);
         for _ in 0..20_000 {
-            let grants: Vec<Vec<u8>> = (0..rng.random_range(1..=2)).map(|_| random_grant(&mut rng)).collect();
+            let grants: Vec<Vec<u8>> = (0..rng.random_range(1..=2))
+                .map(|_| random_grant(&mut rng))
+                .collect();
             let pattern = random_pattern(&mut rng);
-            let granted = |key: &[u8]| grants.iter().any(|g| matches(g, key));
+            let granted = |key: &[u8]| grants.iter().any(|g| scanned_by(g, key));
             match containment(&grants, &pattern) {
                 Containment::Inside => {
                     proved_inside += 1;
                     let tokens = parse(&pattern);
                     for _ in 0..50 {
-                        let Some(key) = key_from(&tokens, &mut rng) else { break };
-                        assert!(matches(&pattern, &key), "generated key must match its pattern");
+                        let Some(key) = key_from(&tokens, &mut rng) else {
+                            break;
+                        };
+                        assert!(
+                            matches(&pattern, &key),
+                            "generated key must match its pattern"
+                        );
                         assert!(
                             granted(&key),
                             "{:?} was proved inside {:?} but {:?} matches only the pattern",
                             pattern.escape_ascii().to_string(),
-                            grants.iter().map(|g| g.escape_ascii().to_string()).collect::<Vec<_>>(),
+                            grants
+                                .iter()
+                                .map(|g| g.escape_ascii().to_string())
+                                .collect::<Vec<_>>(),
                             key.escape_ascii().to_string()
                         );
                     }
@@ -932,14 +1052,20 @@ mod tests {
                 Containment::Outside { example } => {
                     proved_outside += 1;
                     if !example.is_empty() {
-                        assert!(matches(&pattern, &example), "example must match the pattern");
+                        assert!(
+                            matches(&pattern, &example),
+                            "example must match the pattern"
+                        );
                     }
                     assert!(!granted(&example), "example must match no grant");
                 }
                 Containment::Unknown => panic!("small patterns are always decided"),
             }
         }
-        assert!(proved_inside > 1_000 && proved_outside > 1_000, "{proved_inside} / {proved_outside}");
+        assert!(
+            proved_inside > 1_000 && proved_outside > 1_000,
+            "{proved_inside} / {proved_outside}"
+        );
     }
 
     #[test]
@@ -953,7 +1079,10 @@ mod tests {
         for _ in 0..5_000 {
             let (grant, scan) = (literal(&mut rng), literal(&mut rng));
             let grant_pattern = format!("{}*", crate::glob::escape(&grant));
-            for scan_pattern in [format!("{}*", crate::glob::escape(&scan)), crate::glob::escape(&scan)] {
+            for scan_pattern in [
+                format!("{}*", crate::glob::escape(&scan)),
+                crate::glob::escape(&scan),
+            ] {
                 // An empty scan is `*` (every key, the empty one too) or
                 // the empty pattern (only the empty key): only `*` grants it.
                 let expected = grant.is_empty() || (!scan.is_empty() && scan.starts_with(&grant));
@@ -973,16 +1102,30 @@ mod tests {
     #[test]
     fn deletes_are_granted_key_by_key_and_bounded() {
         let grants = Grants::new(&config("cache_keys = [\"context:*\"]\nmax_delete_keys = 2"));
-        assert!(grants.check_delete(&["context:S1".into(), "context:S1:dev".into()]).is_ok());
+        assert!(
+            grants
+                .check_delete(&["context:S1".into(), "context:S1:dev".into()])
+                .is_ok()
+        );
         let denial = grants
             .check_delete(&["context:S1".into(), "other:S1".into()])
             .unwrap_err();
         assert_eq!(denial.offending, "other:S1");
-        assert!(denial.message.contains("outside this handler's cache grant"), "{}", denial.message);
+        assert!(
+            denial
+                .message
+                .contains("outside this handler's cache grant"),
+            "{}",
+            denial.message
+        );
         let denial = grants
             .check_delete(&["context:a".into(), "context:b".into(), "context:c".into()])
             .unwrap_err();
-        assert!(denial.message.contains("more than the 2"), "{}", denial.message);
+        assert!(
+            denial.message.contains("more than the 2"),
+            "{}",
+            denial.message
+        );
     }
 
     #[test]
@@ -991,7 +1134,11 @@ mod tests {
         assert!(grants.check_scan("context:S1:*").is_ok());
         let denial = grants.check_scan("*").unwrap_err();
         assert_eq!(denial.offending, "*");
-        assert!(denial.message.contains("it can match"), "{}", denial.message);
+        assert!(
+            denial.message.contains("it can match"),
+            "{}",
+            denial.message
+        );
     }
 
     #[test]
@@ -1018,22 +1165,47 @@ mod tests {
         assert!(grants.check_relation("FOLLOWS").is_ok());
         let denial = grants.check_label("Story").unwrap_err();
         assert_eq!(denial.offending, "Story");
-        assert!(denial.message.contains("graph_labels = [\"PhaseTransition\"]"), "{}", denial.message);
+        assert!(
+            denial
+                .message
+                .contains("graph_labels = [\"PhaseTransition\"]"),
+            "{}",
+            denial.message
+        );
         assert!(grants.check_relation("PhaseTransition").is_err());
     }
 
     #[test]
     fn config_check_names_the_bad_field() {
-        assert_eq!(config("cache_keys = [\"\"]").check().unwrap_err().0, "cache_keys");
-        assert_eq!(config("max_delete_keys = 0").check().unwrap_err().0, "max_delete_keys");
-        assert_eq!(config("max_delete_keys = 10001").check().unwrap_err().0, "max_delete_keys");
         assert_eq!(
-            config("graph_labels = [\"A`) DETACH DELETE n //\"]").check().unwrap_err().0,
+            config("cache_keys = [\"\"]").check().unwrap_err().0,
+            "cache_keys"
+        );
+        assert_eq!(
+            config("max_delete_keys = 0").check().unwrap_err().0,
+            "max_delete_keys"
+        );
+        assert_eq!(
+            config("max_delete_keys = 10001").check().unwrap_err().0,
+            "max_delete_keys"
+        );
+        assert_eq!(
+            config("graph_labels = [\"A`) DETACH DELETE n //\"]")
+                .check()
+                .unwrap_err()
+                .0,
             "graph_labels"
         );
-        assert_eq!(config("graph_relations = [\"1x\"]").check().unwrap_err().0, "graph_relations");
+        assert_eq!(
+            config("graph_relations = [\"1x\"]").check().unwrap_err().0,
+            "graph_relations"
+        );
         let many_stars = format!("cache_keys = [\"{}\"]", "a*".repeat(65));
         assert_eq!(config(&many_stars).check().unwrap_err().0, "cache_keys");
-        assert!(config("cache_keys = [\"context:*\"]\ngraph_labels = [\"PhaseTransition\"]").check().is_ok());
+        assert!(
+            config("cache_keys = [\"context:*\"]\ngraph_labels = [\"PhaseTransition\"]")
+                .check()
+                .is_ok()
+        );
     }
 }

@@ -152,6 +152,31 @@ impl Metrics {
         }
     }
 
+    /// Creates every per-handler series at zero, so the first event, dead
+    /// letter or reload of a process shows up in `rate()` and `increase()`.
+    pub fn register_handler(&self, name: &str) {
+        let label = handler(name);
+        for outcome in ["ack", "retry", "reject"] {
+            self.events.get_or_create(&OutcomeLabels {
+                handler: name.to_string(),
+                outcome: outcome.to_string(),
+            });
+        }
+        self.redeliveries.get_or_create(&label);
+        self.dead_letters.get_or_create(&label);
+        self.keys_scanned.get_or_create(&label);
+        self.keys_deleted.get_or_create(&label);
+        for kind_name in ["entity", "relation"] {
+            self.graph_upserts.get_or_create(&kind(name, kind_name));
+        }
+        for result in ["ok", "refused"] {
+            self.reloads.get_or_create(&ResultLabels {
+                handler: name.to_string(),
+                result: result.to_string(),
+            });
+        }
+    }
+
     /// Records one dispatched event.
     pub fn record(&self, name: &str, attempt: u32, dispatch: &Dispatch) {
         let label = handler(name);

@@ -112,6 +112,7 @@ pub async fn run(config: Config, health: Arc<Health>, shutdown: CancellationToke
     for handler in &config.handlers {
         let plugin = initial_plugin(&runtime, control.as_ref(), handler).await?;
         tracing::info!(handler = %handler.name, plugin = %plugin.digest(), "plugin loaded");
+        metrics.register_handler(&handler.name);
         metrics.plugin_live(&handler.name, None, plugin.digest().as_str());
         plugins.push(plugin);
     }

@@ -149,7 +149,7 @@ async fn list(target: &Target, filter: Option<&str>, json: bool) -> anyhow::Resu
                 letter.delivery_count.map_or_else(|| "?".to_string(), |n| n.to_string()),
                 short_digest(&letter.plugin_digest),
                 letter.original_subject,
-                letter.reason,
+                clip(&letter.reason, REASON_COLUMN),
             );
         }
     }
@@ -187,6 +187,16 @@ async fn replay(target: &Target, filter: Option<&str>, limit: Option<u64>) -> an
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Longest reason the table shows; `--json` has them whole.
+const REASON_COLUMN: usize = 160;
+
+fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
 }
 
 fn short_digest(digest: &str) -> &str {

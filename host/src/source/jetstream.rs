@@ -104,6 +104,11 @@ const MAX_REASON_BYTES: usize = 1024;
 /// drain waits for the last request to close.
 pub const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
+/// How long after [`PULL_EXPIRES`] a pull request is given up on when the
+/// server has not closed it (a server that restarted forgot it): its
+/// messages all arrive before the server expires it, so none can come later.
+const PULL_SLACK: Duration = Duration::from_secs(2);
+
 /// With an order key, messages held per concurrency slot (running or queued
 /// behind their key).
 pub const HOLD_PER_SLOT: u32 = 8;
@@ -771,6 +776,9 @@ async fn consume(flow: Arc<Flow>, consumer: PullConsumer) {
         // to this same request).
         let mut late: Vec<Held> = Vec::new();
         let mut failed = false;
+        let give_up = tokio::time::Instant::now() + PULL_EXPIRES + PULL_SLACK;
+        let mut connection = tokio::time::interval(Duration::from_millis(100));
+        let mut disconnected = false;
         loop {
             let next = tokio::select! {
                 biased;
@@ -781,6 +789,18 @@ async fn consume(flow: Arc<Flow>, consumer: PullConsumer) {
                     continue;
                 }
                 next = batch.next() => next,
+                () = tokio::time::sleep_until(give_up) => break,
+                _ = connection.tick() => {
+                    // After a reconnect the request may be gone with the
+                    // old connection: ask again rather than wait it out.
+                    let connected = flow.js.client().connection_state() == async_nats::connection::State::Connected;
+                    if !connected {
+                        disconnected = true;
+                    } else if disconnected {
+                        break;
+                    }
+                    continue;
+                }
             };
             match next {
                 Some(Ok(message)) => {
@@ -1330,6 +1350,7 @@ async fn replay_one(js: &Context, letter: &DeadLetter) -> anyhow::Result<u64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a test reports by panicking
 mod tests {
     use super::*;
 

@@ -58,7 +58,10 @@ async fn dead_lettered(service: &TestService, payload: &str, needles: &[&str]) -
     .await;
     let reason = header(&letter, headers::REASON);
     for needle in needles {
-        assert!(reason.contains(needle), "reason {reason:?} lacks {needle:?}");
+        assert!(
+            reason.contains(needle),
+            "reason {reason:?} lacks {needle:?}"
+        );
     }
     assert_eq!(letter.payload.as_ref(), payload.as_bytes());
     assert_eq!(header(&letter, headers::HANDLER), HANDLER);
@@ -80,7 +83,8 @@ fn deliveries(letter: &StreamMessage) -> String {
 
 /// `switchyard_host_call_errors_total{kind="denied"}` or `{kind="invalid"}`.
 async fn host_call_errors(service: &TestService, kind: &str) -> f64 {
-    let series = format!("switchyard_host_call_errors_total{{handler=\"{HANDLER}\",kind=\"{kind}\"}}");
+    let series =
+        format!("switchyard_host_call_errors_total{{handler=\"{HANDLER}\",kind=\"{kind}\"}}");
     service.metric(&series).await.unwrap_or(0.0)
 }
 
@@ -98,10 +102,11 @@ async fn infinite_loop_is_stopped_by_the_deadline_and_dead_lettered() {
     service.stop().await;
 }
 
-/// Resident memory of this process (the service runs in it), in bytes.
-fn resident_bytes() -> u64 {
+/// A memory figure of this process (the service runs in it), in bytes:
+/// `VmRSS` (resident now) or `VmHWM` (the most ever resident).
+fn status_bytes(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
     let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     kib * 1024
 }
@@ -110,18 +115,30 @@ fn resident_bytes() -> u64 {
 async fn four_gib_allocation_hits_the_memory_cap_and_host_memory_stays_bounded() {
     let _servers = services::shared().await;
     let service = hostile("").await;
-    let before = resident_bytes();
+    let before = status_bytes("VmRSS:");
     dead_lettered(
         &service,
         "alloc:4096",
-        &["gave up after 2 deliveries", "memory limit of 67108864 bytes reached"],
+        &[
+            "gave up after 2 deliveries",
+            "memory limit of 67108864 bytes reached",
+        ],
     )
     .await;
-    let after = resident_bytes();
-    eprintln!("VmRSS before {} MiB, after {} MiB", before >> 20, after >> 20);
+    let (after, peak) = (status_bytes("VmRSS:"), status_bytes("VmHWM:"));
+    eprintln!(
+        "VmRSS before {} MiB, after {} MiB; VmHWM {} MiB",
+        before >> 20,
+        after >> 20,
+        peak >> 20
+    );
     assert!(
         after.saturating_sub(before) < 1 << 30,
         "resident memory grew from {before} to {after} bytes"
+    );
+    assert!(
+        peak.saturating_sub(before) < 1 << 30,
+        "resident memory peaked at {peak} bytes, from {before}"
     );
     service.stop().await;
 }
@@ -130,7 +147,12 @@ async fn four_gib_allocation_hits_the_memory_cap_and_host_memory_stays_bounded()
 async fn unbounded_recursion_exhausts_the_stack_and_is_dead_lettered() {
     let _servers = services::shared().await;
     let service = hostile("").await;
-    dead_lettered(&service, "recurse", &["gave up after 2 deliveries", "guest trapped"]).await;
+    dead_lettered(
+        &service,
+        "recurse",
+        &["gave up after 2 deliveries", "guest trapped"],
+    )
+    .await;
     service.stop().await;
 }
 
@@ -138,7 +160,12 @@ async fn unbounded_recursion_exhausts_the_stack_and_is_dead_lettered() {
 async fn panic_is_a_trap_and_is_dead_lettered() {
     let _servers = services::shared().await;
     let service = hostile("").await;
-    dead_lettered(&service, "panic", &["gave up after 2 deliveries", "guest trapped"]).await;
+    dead_lettered(
+        &service,
+        "panic",
+        &["gave up after 2 deliveries", "guest trapped"],
+    )
+    .await;
     service.stop().await;
 }
 
@@ -150,10 +177,18 @@ async fn scan_of_every_key_is_denied_and_rejected_at_once() {
     let letter = dead_lettered(
         &service,
         "scan:*",
-        &["scan refused: Error::Denied", "outside this handler's cache grant", &format!("{prefix}:*")],
+        &[
+            "scan refused: Error::Denied",
+            "outside this handler's cache grant",
+            &format!("{prefix}:*"),
+        ],
     )
     .await;
-    assert_eq!(deliveries(&letter), "1", "a refused call is the plugin's reject, not a fault");
+    assert_eq!(
+        deliveries(&letter),
+        "1",
+        "a refused call is the plugin's reject, not a fault"
+    );
     assert!(host_call_errors(&service, "denied").await >= 1.0);
     service.stop().await;
 }
@@ -164,7 +199,12 @@ async fn delete_outside_the_granted_prefix_is_denied_and_the_key_stays() {
     let mut valkey = services::valkey().await;
     let prefix = services::unique("hostile-del-");
     let victim = format!("other-{prefix}:victim");
-    let _: () = redis::cmd("SET").arg(&victim).arg("keep me").query_async(&mut valkey).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&victim)
+        .arg("keep me")
+        .query_async(&mut valkey)
+        .await
+        .unwrap();
     let service = hostile(&format!("cache_keys = [\"{prefix}:*\"]")).await;
     let letter = dead_lettered(
         &service,
@@ -173,9 +213,19 @@ async fn delete_outside_the_granted_prefix_is_denied_and_the_key_stays() {
     )
     .await;
     assert_eq!(deliveries(&letter), "1");
-    assert_eq!(existing(&mut valkey, std::slice::from_ref(&victim)).await.unwrap(), 1, "{victim} must survive");
+    assert_eq!(
+        existing(&mut valkey, std::slice::from_ref(&victim))
+            .await
+            .unwrap(),
+        1,
+        "{victim} must survive"
+    );
     assert!(host_call_errors(&service, "denied").await >= 1.0);
-    let _: () = redis::cmd("DEL").arg(&victim).query_async(&mut valkey).await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&victim)
+        .query_async(&mut valkey)
+        .await
+        .unwrap();
     service.stop().await;
 }
 
@@ -183,8 +233,10 @@ async fn delete_outside_the_granted_prefix_is_denied_and_the_key_stays() {
 async fn nodes_labelled_with(graph: &neo4rs::Graph, needle: &str) -> i64 {
     let mut rows = graph
         .execute(
-            neo4rs::query("MATCH (n) WHERE any(l IN labels(n) WHERE l CONTAINS $needle) RETURN count(n) AS c")
-                .param("needle", needle),
+            neo4rs::query(
+                "MATCH (n) WHERE any(l IN labels(n) WHERE l CONTAINS $needle) RETURN count(n) AS c",
+            )
+            .param("needle", needle),
         )
         .await
         .unwrap();
@@ -211,13 +263,23 @@ async fn cypher_injection_in_a_label_is_invalid_and_reaches_no_query() {
     assert_eq!(deliveries(&letter), "1");
     assert_eq!(nodes_labelled_with(&graph, "DETACH").await, 0);
     let mut rows = graph
-        .execute(neo4rs::query("MATCH (n:HostileCanary {id: $id}) RETURN count(n) AS c").param("id", canary.as_str()))
+        .execute(
+            neo4rs::query("MATCH (n:HostileCanary {id: $id}) RETURN count(n) AS c")
+                .param("id", canary.as_str()),
+        )
         .await
         .unwrap();
-    assert_eq!(rows.next().await.unwrap().unwrap().get::<i64>("c").unwrap(), 1, "the canary node survives");
+    assert_eq!(
+        rows.next().await.unwrap().unwrap().get::<i64>("c").unwrap(),
+        1,
+        "the canary node survives"
+    );
     assert!(host_call_errors(&service, "invalid").await >= 1.0);
     graph
-        .run(neo4rs::query("MATCH (n:HostileCanary {id: $id}) DELETE n").param("id", canary.as_str()))
+        .run(
+            neo4rs::query("MATCH (n:HostileCanary {id: $id}) DELETE n")
+                .param("id", canary.as_str()),
+        )
         .await
         .unwrap();
     service.stop().await;
@@ -229,7 +291,12 @@ async fn label_outside_the_grant_is_denied_and_writes_nothing() {
     let graph = services::neo4j().await;
     let label = services::unique("Ungranted_");
     let service = hostile("graph_labels = [\"PhaseTransition\"]").await;
-    let letter = dead_lettered(&service, &format!("label:{label}"), &["upsert refused: Error::Denied", &label]).await;
+    let letter = dead_lettered(
+        &service,
+        &format!("label:{label}"),
+        &["upsert refused: Error::Denied", &label],
+    )
+    .await;
     assert_eq!(deliveries(&letter), "1");
     assert_eq!(nodes_labelled_with(&graph, &label).await, 0);
     service.stop().await;
@@ -246,7 +313,10 @@ async fn ten_thousand_host_calls_is_the_budget_and_one_more_ends_the_event() {
     dead_lettered(
         &service,
         "calls:10001",
-        &["gave up after 2 deliveries", "more than 10000 host calls in one event"],
+        &[
+            "gave up after 2 deliveries",
+            "more than 10000 host calls in one event",
+        ],
     )
     .await;
     service.stop().await;
@@ -264,14 +334,29 @@ async fn a_well_behaved_handler_beside_a_hostile_one_handles_every_event() {
     })
     .await;
 
-    let stories: Vec<String> = (0..100).map(|i| services::unique(&format!("NEIGHBOUR-{i}-"))).collect();
+    let stories: Vec<String> = (0..100)
+        .map(|i| services::unique(&format!("NEIGHBOUR-{i}-")))
+        .collect();
     let keys: Vec<String> = stories.iter().map(|s| format!("context:{s}")).collect();
     for key in &keys {
-        let _: () = redis::cmd("SET").arg(key).arg("v").query_async(&mut valkey).await.unwrap();
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg("v")
+            .query_async(&mut valkey)
+            .await
+            .unwrap();
     }
     let timestamp = services::unique("neighbour#");
     let attacks = [
-        "loop", "loop", "loop", "loop", "alloc:4096", "recurse", "panic", "calls:10001", "scan:*",
+        "loop",
+        "loop",
+        "loop",
+        "loop",
+        "alloc:4096",
+        "recurse",
+        "panic",
+        "calls:10001",
+        "scan:*",
         "delete:context:x",
     ];
     for (i, story) in stories.iter().enumerate() {
@@ -293,7 +378,11 @@ async fn a_well_behaved_handler_beside_a_hostile_one_handles_every_event() {
     assert!(neighbour.dead_letters().await.is_empty());
 
     attacker.settled(SETTLE).await;
-    assert_eq!(attacker.dead_letters().await.len(), attacks.len(), "every attack is dead-lettered");
+    assert_eq!(
+        attacker.dead_letters().await.len(),
+        attacks.len(),
+        "every attack is dead-lettered"
+    );
     assert!(attacker.health.ready() && neighbour.health.ready());
     neighbour.stop().await;
     attacker.stop().await;
