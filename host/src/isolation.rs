@@ -97,11 +97,7 @@ impl EventSpec {
     /// Parses an events file: one event per line, blank lines skipped.
     /// Errors name the 1-based line.
     pub fn parse_lines(text: &str) -> Result<Vec<Self>, String> {
-        text.lines()
-            .enumerate()
-            .filter(|(_, line)| !line.trim().is_empty())
-            .map(|(i, line)| Self::parse_line(line).map_err(|e| format!("line {}: {e}", i + 1)))
-            .collect()
+        parse_json_lines(text, Self::parse_line)
     }
 }
 
@@ -149,11 +145,7 @@ impl Fixture {
 
     /// Parses a fixtures file; errors name the 1-based line.
     pub fn parse_lines(text: &str) -> Result<Vec<Self>, String> {
-        text.lines()
-            .enumerate()
-            .filter(|(_, line)| !line.trim().is_empty())
-            .map(|(i, line)| Self::parse_line(line).map_err(|e| format!("line {}: {e}", i + 1)))
-            .collect()
+        parse_json_lines(text, Self::parse_line)
     }
 }
 
@@ -184,6 +176,15 @@ pub async fn run_fixtures(
         }
     }
     Ok(())
+}
+
+/// Parses one item per non-blank line; errors name the 1-based line.
+fn parse_json_lines<T>(text: &str, parse: fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| parse(line).map_err(|e| format!("line {}: {e}", i + 1)))
+        .collect()
 }
 
 /// The result of one event, as reported.

@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::control::{ControlPlane, Version};
 use crate::isolation::{Fixture, run_fixtures};
 use crate::runtime::{Digest, Plugin};
 use crate::service::{Handler, Shared};
@@ -235,23 +236,20 @@ pub async fn watch_file(shared: Arc<Shared>, handler: Arc<Handler>, path: PathBu
     }
 }
 
-/// Follows the control plane's live pointer for `handler` and offers every
-/// version pushed for it until `shutdown`.
-pub async fn watch_object(
-    shared: Arc<Shared>,
-    handler: Arc<Handler>,
-    control: crate::control::ControlPlane,
-    shutdown: CancellationToken,
-) {
+/// Calls `apply` with every value `key` takes in the control plane, the
+/// current one first (`None` when it is deleted), watching again after an
+/// interruption, until `shutdown`.
+async fn follow<F, Fut>(control: &ControlPlane, key: &str, handler: &str, shutdown: &CancellationToken, mut apply: F)
+where
+    F: FnMut(Option<Version>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     use futures::StreamExt;
-    let Some(object) = handler.config.plugin_object.clone() else {
-        return;
-    };
     loop {
-        let mut watch = match control.watch(&object).await {
+        let mut watch = match control.watch(key).await {
             Ok(watch) => watch,
             Err(error) => {
-                tracing::warn!(handler = %handler.name(), %error, "cannot watch pushed versions; retrying");
+                tracing::warn!(handler, key, %error, "cannot watch the control plane; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     () = shutdown.cancelled() => return,
@@ -266,94 +264,82 @@ pub async fn watch_object(
             let entry = match entry {
                 Some(Ok(entry)) => entry,
                 Some(Err(error)) => {
-                    tracing::warn!(handler = %handler.name(), %error, "watch of pushed versions interrupted");
+                    tracing::warn!(handler, key, %error, "control-plane watch interrupted");
                     break;
                 }
                 None => break,
             };
             if entry.operation != async_nats::jetstream::kv::Operation::Put {
+                apply(None).await;
                 continue;
             }
-            let version: crate::control::Version = match serde_json::from_slice(&entry.value) {
-                Ok(version) => version,
-                Err(error) => {
-                    tracing::error!(handler = %handler.name(), %error, "unreadable live-version entry");
-                    continue;
-                }
-            };
-            let origin = format!("push by {}", version.pushed_by);
-            match control.fetch(&object, &version).await {
-                Ok((bytes, fixtures)) => {
-                    let _ = offer(&shared, &handler, bytes, &fixtures, &origin).await;
-                }
-                Err(error) => {
-                    shared.metrics.reload(handler.name(), false);
-                    tracing::error!(handler = %handler.name(), digest = %version.digest, %error, "cannot fetch pushed version; the live version keeps serving");
-                    record_failure(&handler, &version.digest, &format!("{error:#}"), &origin);
-                }
+            match serde_json::from_slice::<Version>(&entry.value) {
+                Ok(version) => apply(Some(version)).await,
+                Err(error) => tracing::error!(handler, key, %error, "unreadable version entry"),
             }
         }
     }
 }
 
-/// Follows the shadow candidate of `handler`: a pushed candidate runs
-/// beside the live version until promoted or replaced.
-pub async fn watch_shadow(
-    shared: Arc<Shared>,
-    handler: Arc<Handler>,
-    control: crate::control::ControlPlane,
-    shutdown: CancellationToken,
-) {
-    use futures::StreamExt;
+/// Follows the control plane's live pointer for `handler` and offers every
+/// version pushed for it until `shutdown`.
+pub async fn watch_object(shared: Arc<Shared>, handler: Arc<Handler>, control: ControlPlane, shutdown: CancellationToken) {
     let Some(object) = handler.config.plugin_object.clone() else {
         return;
     };
-    let key = crate::control::ControlPlane::shadow_key(&object);
-    loop {
-        let mut watch = match control.watch(&key).await {
-            Ok(watch) => watch,
-            Err(_) => {
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    () = shutdown.cancelled() => return,
-                }
+    let (shared, handler, control_ref, object_ref) = (&shared, &handler, &control, &object);
+    follow(&control, &object, handler.name(), &shutdown, |version| async move {
+        let Some(version) = version else { return };
+        let origin = format!("push by {}", version.pushed_by);
+        match control_ref.fetch(object_ref, &version).await {
+            Ok((bytes, fixtures)) => {
+                let _ = offer(shared, handler, bytes, &fixtures, &origin).await;
             }
-        };
-        loop {
-            let entry = tokio::select! {
-                entry = watch.next() => entry,
-                () = shutdown.cancelled() => return,
-            };
-            let Some(Ok(entry)) = entry else { break };
-            if entry.operation != async_nats::jetstream::kv::Operation::Put {
-                handler.shadow.store(None);
-                tracing::info!(handler = %handler.name(), "shadow candidate cleared");
-                continue;
-            }
-            let Ok(version) = serde_json::from_slice::<crate::control::Version>(&entry.value) else {
-                continue;
-            };
-            let loaded = match control.fetch(&object, &version).await {
-                Ok((bytes, _)) => {
-                    let runtime = shared.runtime.clone();
-                    tokio::task::spawn_blocking(move || runtime.load(&bytes))
-                        .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| r.map_err(|e| e.to_string()))
-                }
-                Err(error) => Err(format!("{error:#}")),
-            };
-            match loaded {
-                Ok(plugin) => {
-                    tracing::info!(handler = %handler.name(), candidate = %plugin.digest(), "shadow candidate running beside the live version");
-                    handler.shadow.store(Some(Arc::new(crate::shadow::Shadow::new(plugin))));
-                }
-                Err(error) => {
-                    tracing::error!(handler = %handler.name(), digest = %version.digest, %error, "shadow candidate refused");
-                }
+            Err(error) => {
+                shared.metrics.reload(handler.name(), false);
+                tracing::error!(handler = %handler.name(), digest = %version.digest, %error, "cannot fetch pushed version; the live version keeps serving");
+                record_failure(handler, &version.digest, &format!("{error:#}"), &origin);
             }
         }
-    }
+    })
+    .await;
+}
+
+/// Follows the shadow candidate of `handler`: a pushed candidate runs
+/// beside the live version until promoted or replaced.
+pub async fn watch_shadow(shared: Arc<Shared>, handler: Arc<Handler>, control: ControlPlane, shutdown: CancellationToken) {
+    let Some(object) = handler.config.plugin_object.clone() else {
+        return;
+    };
+    let key = ControlPlane::shadow_key(&object);
+    let (shared, handler, control_ref, object_ref) = (&shared, &handler, &control, &object);
+    follow(&control, &key, handler.name(), &shutdown, |version| async move {
+        let Some(version) = version else {
+            handler.shadow.store(None);
+            tracing::info!(handler = %handler.name(), "shadow candidate cleared");
+            return;
+        };
+        let loaded = match control_ref.fetch(object_ref, &version).await {
+            Ok((bytes, _)) => {
+                let runtime = shared.runtime.clone();
+                tokio::task::spawn_blocking(move || runtime.load(&bytes))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+            }
+            Err(error) => Err(format!("{error:#}")),
+        };
+        match loaded {
+            Ok(plugin) => {
+                tracing::info!(handler = %handler.name(), candidate = %plugin.digest(), "shadow candidate running beside the live version");
+                handler.shadow.store(Some(Arc::new(crate::shadow::Shadow::new(plugin))));
+            }
+            Err(error) => {
+                tracing::error!(handler = %handler.name(), digest = %version.digest, %error, "shadow candidate refused");
+            }
+        }
+    })
+    .await;
 }
 
 fn record_failure(handler: &Handler, digest: &str, reason: &str, origin: &str) {
