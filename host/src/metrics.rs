@@ -157,20 +157,20 @@ impl Metrics {
     pub fn register_handler(&self, name: &str) {
         let label = handler(name);
         for outcome in ["ack", "retry", "reject"] {
-            self.events.get_or_create(&OutcomeLabels {
+            let _ = self.events.get_or_create(&OutcomeLabels {
                 handler: name.to_string(),
                 outcome: outcome.to_string(),
             });
         }
-        self.redeliveries.get_or_create(&label);
-        self.dead_letters.get_or_create(&label);
-        self.keys_scanned.get_or_create(&label);
-        self.keys_deleted.get_or_create(&label);
+        let _ = self.redeliveries.get_or_create(&label);
+        let _ = self.dead_letters.get_or_create(&label);
+        let _ = self.keys_scanned.get_or_create(&label);
+        let _ = self.keys_deleted.get_or_create(&label);
         for kind_name in ["entity", "relation"] {
-            self.graph_upserts.get_or_create(&kind(name, kind_name));
+            let _ = self.graph_upserts.get_or_create(&kind(name, kind_name));
         }
         for result in ["ok", "refused"] {
-            self.reloads.get_or_create(&ResultLabels {
+            let _ = self.reloads.get_or_create(&ResultLabels {
                 handler: name.to_string(),
                 result: result.to_string(),
             });
