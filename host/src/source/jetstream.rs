@@ -901,7 +901,16 @@ async fn run_event(flow: &Flow, held: &Held, attempt: u32, in_place: bool) -> St
     let (handler, shared, js) = (&*flow.handler, &*flow.shared, &flow.js);
     let message = &held.message;
     let sequence = held.sequence;
-    let span = tracing::info_span!("event", handler = %handler.name(), subject = %message.subject, sequence, attempt);
+    let span = tracing::info_span!(
+        "event",
+        handler = %handler.name(),
+        subject = %message.subject,
+        sequence,
+        attempt,
+        plugin = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        keys_deleted = tracing::field::Empty,
+    );
     async {
         let max_deliver = handler.config.max_deliver;
         let plugin = handler.plugin.load_full();
@@ -928,6 +937,10 @@ async fn run_event(flow: &Flow, held: &Held, attempt: u32, in_place: bool) -> St
             }
         };
         shared.metrics.record(handler.name(), attempt, &dispatch);
+        let span = tracing::Span::current();
+        span.record("plugin", plugin.digest().as_str());
+        span.record("outcome", dispatch.outcome.kind());
+        span.record("keys_deleted", dispatch.effects.keys_deleted);
         let stats = &handler.stats;
         stats.handled.fetch_add(1, Ordering::Relaxed);
         stats.keys_deleted.fetch_add(dispatch.effects.keys_deleted, Ordering::Relaxed);
