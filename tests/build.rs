@@ -11,7 +11,11 @@ use std::process::Command;
 
 /// (package, artifact stem, constant name)
 const ARTIFACTS: &[(&str, &str, &str)] = &[
-    ("story-transitions", "story_transitions", "STORY_TRANSITIONS"),
+    (
+        "story-transitions",
+        "story_transitions",
+        "STORY_TRANSITIONS",
+    ),
     ("guest-hostile", "guest_hostile", "HOSTILE"),
     ("guest-wrong-world", "guest_wrong_world", "WRONG_WORLD"),
     ("guest-recorder", "guest_recorder", "RECORDER"),
@@ -24,13 +28,23 @@ fn main() {
     for dir in ["wit", "plugins", "tests/guests"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
-    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
 
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
     command
         .current_dir(&root)
-        .args(["build", "--profile", "wasm", "--target", "wasm32-wasip2", "--target-dir"])
+        .args([
+            "build",
+            "--profile",
+            "wasm",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
         .arg(&target_dir)
         // Flags meant for the host build must not leak into the guest build.
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -56,7 +70,11 @@ fn main() {
             .join("wasm32-wasip2")
             .join("wasm")
             .join(format!("{stem}.wasm"));
-        assert!(path.exists(), "{package} built but {} is missing", path.display());
+        assert!(
+            path.exists(),
+            "{package} built but {} is missing",
+            path.display()
+        );
         let _ = writeln!(
             constants,
             "/// `{package}`, built for wasm32-wasip2.\npub const {name}: &str = {:?};",

@@ -421,15 +421,24 @@ impl Config {
         check_url("cache.url", &self.cache.url, &["redis", "rediss", "memory"])?;
         check_url("graph.url", &self.graph.url, &["bolt", "neo4j", "memory"])?;
         if self.cache.seed.is_some() && !self.cache.url.starts_with("memory://") {
-            return Err(invalid("cache.seed", "only a memory:// cache can be seeded"));
+            return Err(invalid(
+                "cache.seed",
+                "only a memory:// cache can be seeded",
+            ));
         }
         check_name("nats.stream", &self.nats.stream)?;
         check_name("nats.dead_letter_stream", &self.nats.dead_letter_stream)?;
         if self.nats.stream == self.nats.dead_letter_stream {
-            return Err(invalid("nats.dead_letter_stream", "must differ from nats.stream"));
+            return Err(invalid(
+                "nats.dead_letter_stream",
+                "must differ from nats.stream",
+            ));
         }
         if self.nats.stream_subjects.is_empty() {
-            return Err(invalid("nats.stream_subjects", "needs at least one subject"));
+            return Err(invalid(
+                "nats.stream_subjects",
+                "needs at least one subject",
+            ));
         }
         check_subject_prefix("nats.dead_letter_subject", &self.nats.dead_letter_subject)?;
         check_subject_prefix("nats.control_subject", &self.nats.control_subject)?;
@@ -440,7 +449,9 @@ impl Config {
             if subject_matches(subject, &dead_letter) {
                 return Err(invalid(
                     "nats.dead_letter_subject",
-                    format!("dead letters would land in the source stream: `{subject}` covers `{dead_letter}`"),
+                    format!(
+                        "dead letters would land in the source stream: `{subject}` covers `{dead_letter}`"
+                    ),
                 ));
             }
         }
@@ -448,20 +459,31 @@ impl Config {
             return Err(invalid("runtime.max_instances", "must be at least 1"));
         }
         if self.handlers.is_empty() {
-            return Err(invalid("handlers", "configure at least one [[handlers]] entry"));
+            return Err(invalid(
+                "handlers",
+                "configure at least one [[handlers]] entry",
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for (i, handler) in self.handlers.iter().enumerate() {
             let key = |field: &str| format!("handlers[{i}].{field}");
             check_name(&key("name"), &handler.name)?;
             if !names.insert(handler.name.as_str()) {
-                return Err(invalid(key("name"), format!("handler `{}` is configured twice", handler.name)));
+                return Err(invalid(
+                    key("name"),
+                    format!("handler `{}` is configured twice", handler.name),
+                ));
             }
             check_name(&key("durable"), &handler.durable)?;
             match (&handler.plugin, &handler.plugin_object) {
                 (Some(_), None) => {}
                 (None, Some(object)) => check_name(&key("plugin_object"), object)?,
-                _ => return Err(invalid(key("plugin"), "set exactly one of `plugin` (a file) and `plugin_object` (pushed versions)")),
+                _ => {
+                    return Err(invalid(
+                        key("plugin"),
+                        "set exactly one of `plugin` (a file) and `plugin_object` (pushed versions)",
+                    ));
+                }
             }
             if handler.subjects.is_empty() {
                 return Err(invalid(key("subjects"), "needs at least one subject"));
@@ -470,7 +492,10 @@ impl Config {
                 if !self.nats.stream_subjects.iter().any(|s| covers(s, subject)) {
                     return Err(invalid(
                         key("subjects"),
-                        format!("`{subject}` is not inside nats.stream_subjects {:?}", self.nats.stream_subjects),
+                        format!(
+                            "`{subject}` is not inside nats.stream_subjects {:?}",
+                            self.nats.stream_subjects
+                        ),
                     ));
                 }
             }
@@ -481,7 +506,10 @@ impl Config {
                 return Err(invalid(key("concurrency"), "must be between 1 and 4096"));
             }
             if handler.max_ack_pending < handler.concurrency {
-                return Err(invalid(key("max_ack_pending"), "must be at least concurrency"));
+                return Err(invalid(
+                    key("max_ack_pending"),
+                    "must be at least concurrency",
+                ));
             }
             if handler.ack_wait < Duration::from_secs(1) {
                 return Err(invalid(key("ack_wait"), "must be at least 1s"));
@@ -489,7 +517,10 @@ impl Config {
             if handler.deadline.is_zero() || handler.deadline >= handler.ack_wait {
                 return Err(invalid(
                     key("deadline"),
-                    format!("must be above 0 and below ack_wait ({:?})", handler.ack_wait),
+                    format!(
+                        "must be above 0 and below ack_wait ({:?})",
+                        handler.ack_wait
+                    ),
                 ));
             }
             if handler.memory_mib == 0 || handler.memory_mib > 1024 {
@@ -502,7 +533,10 @@ impl Config {
                 return Err(invalid(key("retry.jitter"), "must be between 0 and 1"));
             }
             if handler.retry.base.is_zero() || handler.retry.base > handler.retry.max {
-                return Err(invalid(key("retry.base"), "must be above 0 and at most retry.max"));
+                return Err(invalid(
+                    key("retry.base"),
+                    "must be above 0 and at most retry.max",
+                ));
             }
             if let Err((field, message)) = handler.grants.check() {
                 return Err(invalid(key(&format!("grants.{field}")), message));
@@ -518,15 +552,28 @@ impl Config {
 
 fn check_order_key(handler: &HandlerConfig) -> Result<(), (&'static str, String)> {
     if handler.order_key_subject_token.is_some() && !handler.order_key.is_empty() {
-        return Err(("order_key", "set either order_key or order_key_subject_token, not both".into()));
+        return Err((
+            "order_key",
+            "set either order_key or order_key_subject_token, not both".into(),
+        ));
     }
-    if handler.order_key_subject_token.is_some_and(|token| token > 255) {
-        return Err(("order_key_subject_token", "must be between 0 and 255".into()));
+    if handler
+        .order_key_subject_token
+        .is_some_and(|token| token > 255)
+    {
+        return Err((
+            "order_key_subject_token",
+            "must be between 0 and 255".into(),
+        ));
     }
     for pointer in &handler.order_key {
-        crate::source::jetstream::Pointer::parse(pointer).map_err(|message| ("order_key", message))?;
+        crate::source::jetstream::Pointer::parse(pointer)
+            .map_err(|message| ("order_key", message))?;
         if pointer.is_empty() {
-            return Err(("order_key", "the empty pointer (the whole payload) is not a key".into()));
+            return Err((
+                "order_key",
+                "the empty pointer (the whole payload) is not a key".into(),
+            ));
         }
     }
     Ok(())
@@ -542,7 +589,11 @@ fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     }
 }
 
-fn apply_override(document: &mut toml::Table, variable: &str, raw: &str) -> Result<(), ConfigError> {
+fn apply_override(
+    document: &mut toml::Table,
+    variable: &str,
+    raw: &str,
+) -> Result<(), ConfigError> {
     let fail = |message: String| ConfigError::Override {
         variable: variable.to_string(),
         message,
@@ -568,14 +619,16 @@ fn apply_override(document: &mut toml::Table, variable: &str, raw: &str) -> Resu
         table = match next {
             toml::Value::Table(t) => t,
             toml::Value::Array(items) => {
-                let index: usize = path[depth + 1]
-                    .parse()
-                    .map_err(|_| fail(format!("`{segment}` is a list; expected an index after it")))?;
+                let index: usize = path[depth + 1].parse().map_err(|_| {
+                    fail(format!("`{segment}` is a list; expected an index after it"))
+                })?;
                 let Some(toml::Value::Table(item)) = items.get_mut(index) else {
                     return Err(fail(format!("`{segment}` has no entry {index}")));
                 };
                 if depth + 2 == path.len() {
-                    return Err(fail(format!("cannot replace `{segment}[{index}]` as a whole")));
+                    return Err(fail(format!(
+                        "cannot replace `{segment}[{index}]` as a whole"
+                    )));
                 }
                 // Skip the index segment: continue from the item's table.
                 return apply_rest(item, &path[depth + 2..], value).map_err(fail);
@@ -609,7 +662,12 @@ fn parse_override_value(raw: &str) -> toml::Value {
     let wrapped = format!("v = {raw}");
     match toml::from_str::<toml::Table>(&wrapped) {
         Ok(mut table) => match table.remove("v") {
-            Some(value @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) | toml::Value::Array(_))) => value,
+            Some(
+                value @ (toml::Value::Integer(_)
+                | toml::Value::Float(_)
+                | toml::Value::Boolean(_)
+                | toml::Value::Array(_)),
+            ) => value,
             _ => toml::Value::String(raw.to_string()),
         },
         Err(_) => toml::Value::String(raw.to_string()),
@@ -622,7 +680,14 @@ fn check_url(key: &str, url: &str, schemes: &[&str]) -> Result<(), ConfigError> 
         Some(s) if schemes.contains(&s) => Ok(()),
         _ => Err(invalid(
             key,
-            format!("`{url}` must start with one of {}", schemes.iter().map(|s| format!("{s}://")).collect::<Vec<_>>().join(", ")),
+            format!(
+                "`{url}` must start with one of {}",
+                schemes
+                    .iter()
+                    .map(|s| format!("{s}://"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         )),
     }
 }
@@ -630,11 +695,16 @@ fn check_url(key: &str, url: &str, schemes: &[&str]) -> Result<(), ConfigError> 
 fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if ok {
         Ok(())
     } else {
-        Err(invalid(key, format!("`{name}` must be 1 to 64 of A-Z, a-z, 0-9, `-`, `_`")))
+        Err(invalid(
+            key,
+            format!("`{name}` must be 1 to 64 of A-Z, a-z, 0-9, `-`, `_`"),
+        ))
     }
 }
 
@@ -646,7 +716,10 @@ fn check_subject_prefix(key: &str, subject: &str) -> Result<(), ConfigError> {
     if ok {
         Ok(())
     } else {
-        Err(invalid(key, format!("`{subject}` must be dot-separated literal tokens")))
+        Err(invalid(
+            key,
+            format!("`{subject}` must be dot-separated literal tokens"),
+        ))
     }
 }
 
@@ -740,14 +813,20 @@ key_prefix = "context:"
     fn refuses_wrong_type_naming_the_key() {
         let text = MINIMAL.replace("max_deliver = 20", "max_deliver = \"lots\"");
         let error = parse(&text, &[]).unwrap_err().to_string();
-        assert!(error.starts_with("config key `handlers[0].max_deliver`: invalid type"), "{error}");
+        assert!(
+            error.starts_with("config key `handlers[0].max_deliver`: invalid type"),
+            "{error}"
+        );
     }
 
     #[test]
     fn refuses_out_of_range_value_naming_the_key() {
         let text = MINIMAL.replace("max_deliver = 20", "concurrency = 0");
         let error = parse(&text, &[]).unwrap_err().to_string();
-        assert_eq!(error, "config key `handlers[0].concurrency`: must be between 1 and 4096");
+        assert_eq!(
+            error,
+            "config key `handlers[0].concurrency`: must be between 1 and 4096"
+        );
     }
 
     #[test]
@@ -771,22 +850,35 @@ key_prefix = "context:"
 
     #[test]
     fn refuses_bad_override_naming_the_variable() {
-        let error = parse(MINIMAL, &[("SWITCHYARD_CACHE__PORT", "1")]).unwrap_err().to_string();
+        let error = parse(MINIMAL, &[("SWITCHYARD_CACHE__PORT", "1")])
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("unknown field `port`"), "{error}");
-        let error = parse(MINIMAL, &[("SWITCHYARD_HANDLERS__7__NAME", "x")]).unwrap_err().to_string();
+        let error = parse(MINIMAL, &[("SWITCHYARD_HANDLERS__7__NAME", "x")])
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("SWITCHYARD_HANDLERS__7__NAME"), "{error}");
     }
 
     #[test]
     fn refuses_handler_subject_outside_the_stream() {
-        let text = MINIMAL.replace("subjects = [\"planning.story.transitioned\"]", "subjects = [\"billing.x\"]");
+        let text = MINIMAL.replace(
+            "subjects = [\"planning.story.transitioned\"]",
+            "subjects = [\"billing.x\"]",
+        );
         let error = parse(&text, &[]).unwrap_err().to_string();
-        assert!(error.starts_with("config key `handlers[0].subjects`"), "{error}");
+        assert!(
+            error.starts_with("config key `handlers[0].subjects`"),
+            "{error}"
+        );
     }
 
     #[test]
     fn refuses_dead_letters_inside_the_source_stream() {
-        let text = MINIMAL.replace("stream_subjects = [\"planning.>\"]", "stream_subjects = [\">\"]");
+        let text = MINIMAL.replace(
+            "stream_subjects = [\"planning.>\"]",
+            "stream_subjects = [\">\"]",
+        );
         let error = parse(&text, &[]).unwrap_err().to_string();
         assert!(error.contains("nats.dead_letter_subject"), "{error}");
     }
@@ -813,7 +905,10 @@ key_prefix = "context:"
     #[test]
     fn grants_default_to_nothing_and_are_read_from_the_table() {
         let config = parse(MINIMAL, &[]).unwrap();
-        assert_eq!(config.handlers[0].grants, crate::grant::GrantsConfig::default());
+        assert_eq!(
+            config.handlers[0].grants,
+            crate::grant::GrantsConfig::default()
+        );
         assert!(config.handlers[0].grants.cache_keys.is_empty());
         let text = format!(
             "{MINIMAL}\n[handlers.grants]\ncache_keys = [\"context:*\"]\nmax_delete_keys = 500\ngraph_labels = [\"PhaseTransition\"]\n"
@@ -823,18 +918,32 @@ key_prefix = "context:"
         assert_eq!(grants.max_delete_keys, 500);
         assert_eq!(grants.graph_labels, ["PhaseTransition"]);
         assert!(grants.graph_relations.is_empty());
-        let overridden = parse(MINIMAL, &[("SWITCHYARD_HANDLERS__0__GRANTS__CACHE_KEYS", "[\"ctx:*\", \"x\"]")]).unwrap();
+        let overridden = parse(
+            MINIMAL,
+            &[(
+                "SWITCHYARD_HANDLERS__0__GRANTS__CACHE_KEYS",
+                "[\"ctx:*\", \"x\"]",
+            )],
+        )
+        .unwrap();
         assert_eq!(overridden.handlers[0].grants.cache_keys, ["ctx:*", "x"]);
     }
 
     #[test]
     fn refuses_bad_grants_naming_the_key() {
-        let text = format!("{MINIMAL}\n[handlers.grants]\ngraph_labels = [\"A`) DETACH DELETE n //\"]\n");
+        let text =
+            format!("{MINIMAL}\n[handlers.grants]\ngraph_labels = [\"A`) DETACH DELETE n //\"]\n");
         let error = parse(&text, &[]).unwrap_err().to_string();
-        assert!(error.starts_with("config key `handlers[0].grants.graph_labels`: label"), "{error}");
+        assert!(
+            error.starts_with("config key `handlers[0].grants.graph_labels`: label"),
+            "{error}"
+        );
         let text = format!("{MINIMAL}\n[handlers.grants]\nmax_delete_keys = 0\n");
         let error = parse(&text, &[]).unwrap_err().to_string();
-        assert!(error.starts_with("config key `handlers[0].grants.max_delete_keys`"), "{error}");
+        assert!(
+            error.starts_with("config key `handlers[0].grants.max_delete_keys`"),
+            "{error}"
+        );
         let text = format!("{MINIMAL}\n[handlers.grants]\ncache_key = [\"x\"]\n");
         let error = parse(&text, &[]).unwrap_err().to_string();
         assert!(error.contains("unknown field `cache_key`"), "{error}");
@@ -846,29 +955,66 @@ key_prefix = "context:"
         assert!(config.handlers[0].order_key.is_empty());
         assert_eq!(config.handlers[0].order_key_subject_token, None);
         assert_eq!(config.handlers[0].drain_grace, Duration::from_secs(20));
-        let text = MINIMAL.replace("max_deliver = 20", "order_key = \"/story_id\"\ndrain_grace = \"3s\"");
+        let text = MINIMAL.replace(
+            "max_deliver = 20",
+            "order_key = \"/story_id\"\ndrain_grace = \"3s\"",
+        );
         let handler = &parse(&text, &[]).unwrap().handlers[0];
         assert_eq!(handler.order_key, ["/story_id"]);
         assert_eq!(handler.drain_grace, Duration::from_secs(3));
-        let text = MINIMAL.replace("max_deliver = 20", "order_key = [\"/payload/story_id\", \"/story_id\"]");
-        assert_eq!(parse(&text, &[]).unwrap().handlers[0].order_key, ["/payload/story_id", "/story_id"]);
+        let text = MINIMAL.replace(
+            "max_deliver = 20",
+            "order_key = [\"/payload/story_id\", \"/story_id\"]",
+        );
+        assert_eq!(
+            parse(&text, &[]).unwrap().handlers[0].order_key,
+            ["/payload/story_id", "/story_id"]
+        );
         let text = MINIMAL.replace("max_deliver = 20", "order_key_subject_token = 2");
-        assert_eq!(parse(&text, &[]).unwrap().handlers[0].order_key_subject_token, Some(2));
-        let overridden = parse(MINIMAL, &[("SWITCHYARD_HANDLERS__0__ORDER_KEY", "/story_id")]).unwrap();
+        assert_eq!(
+            parse(&text, &[]).unwrap().handlers[0].order_key_subject_token,
+            Some(2)
+        );
+        let overridden = parse(
+            MINIMAL,
+            &[("SWITCHYARD_HANDLERS__0__ORDER_KEY", "/story_id")],
+        )
+        .unwrap();
         assert_eq!(overridden.handlers[0].order_key, ["/story_id"]);
     }
 
     #[test]
     fn refuses_bad_order_keys_and_drain_grace_naming_the_key() {
         let cases = [
-            ("order_key = \"story_id\"", "config key `handlers[0].order_key`: JSON pointer `story_id` must start with `/`"),
+            (
+                "order_key = \"story_id\"",
+                "config key `handlers[0].order_key`: JSON pointer `story_id` must start with `/`",
+            ),
             ("order_key = \"/a~2\"", "config key `handlers[0].order_key`"),
-            ("order_key = \"\"", "config key `handlers[0].order_key`: the empty pointer"),
-            ("order_key = \"/a\"\norder_key_subject_token = 1", "config key `handlers[0].order_key`: set either"),
-            ("order_key_subject_token = 256", "config key `handlers[0].order_key_subject_token`"),
-            ("order_key_subject_token = -1", "config key `handlers[0].order_key_subject_token`"),
-            ("drain_grace = \"2h\"", "config key `handlers[0].drain_grace`: must be at most 1h"),
-            ("drain_grace = \"soon\"", "config key `handlers[0].drain_grace`"),
+            (
+                "order_key = \"\"",
+                "config key `handlers[0].order_key`: the empty pointer",
+            ),
+            (
+                "order_key = \"/a\"\norder_key_subject_token = 1",
+                "config key `handlers[0].order_key`: set either",
+            ),
+            (
+                "order_key_subject_token = 256",
+                "config key `handlers[0].order_key_subject_token`",
+            ),
+            (
+                "order_key_subject_token = -1",
+                "config key `handlers[0].order_key_subject_token`",
+            ),
+            (
+                "drain_grace = \"2h\"",
+                "config key `handlers[0].drain_grace`: must be at most 1h",
+            ),
+            (
+                "drain_grace = \"soon\"",
+                "config key `handlers[0].drain_grace`",
+            ),
         ];
         for (line, expected) in cases {
             let text = MINIMAL.replace("max_deliver = 20", line);

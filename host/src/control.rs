@@ -15,9 +15,9 @@
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
+use async_nats::jetstream::Context;
 use async_nats::jetstream::kv::{self, Operation};
 use async_nats::jetstream::object_store::{self, ObjectStore};
-use async_nats::jetstream::Context;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
@@ -118,7 +118,9 @@ impl ControlPlane {
             Err(_) => js
                 .create_object_store(object_store::Config {
                     bucket: config.plugin_bucket.clone(),
-                    description: Some("Switchyard plugin components, one object per version".into()),
+                    description: Some(
+                        "Switchyard plugin components, one object per version".into(),
+                    ),
                     ..Default::default()
                 })
                 .await
@@ -168,7 +170,11 @@ impl ControlPlane {
             fixtures: fixtures.is_some(),
             pushed_by: pusher(),
         };
-        let key = if shadow { shadow_key(handler) } else { handler.to_string() };
+        let key = if shadow {
+            shadow_key(handler)
+        } else {
+            handler.to_string()
+        };
         self.put(&key, &version).await?;
         Ok(version)
     }
@@ -193,8 +199,15 @@ impl ControlPlane {
     }
 
     async fn entry(&self, key: &str) -> anyhow::Result<Option<Version>> {
-        match self.live.entry(key).await.with_context(|| format!("cannot read {key}"))? {
-            Some(entry) if entry.operation == Operation::Put => Ok(Some(serde_json::from_slice(&entry.value)?)),
+        match self
+            .live
+            .entry(key)
+            .await
+            .with_context(|| format!("cannot read {key}"))?
+        {
+            Some(entry) if entry.operation == Operation::Put => {
+                Ok(Some(serde_json::from_slice(&entry.value)?))
+            }
             _ => Ok(None),
         }
     }
@@ -227,7 +240,9 @@ impl ControlPlane {
             Some(wanted) => history
                 .iter()
                 .rev()
-                .find(|v| v.digest == wanted || v.digest.trim_start_matches("sha256:").starts_with(wanted))
+                .find(|v| {
+                    v.digest == wanted || v.digest.trim_start_matches("sha256:").starts_with(wanted)
+                })
                 .with_context(|| format!("{wanted} is not in the history of {handler}"))?,
             None => history
                 .iter()
@@ -257,7 +272,11 @@ impl ControlPlane {
     }
 
     /// The component bytes and fixtures of `version`.
-    pub async fn fetch(&self, handler: &str, version: &Version) -> anyhow::Result<(Vec<u8>, Vec<Fixture>)> {
+    pub async fn fetch(
+        &self,
+        handler: &str,
+        version: &Version,
+    ) -> anyhow::Result<(Vec<u8>, Vec<Fixture>)> {
         let name = object_name(handler, &version.digest);
         let bytes = self.read(&name).await?;
         let actual = Digest::of(&bytes);

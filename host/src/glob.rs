@@ -179,7 +179,10 @@ mod tests {
         assert!(m("[a-z]", "q"));
         assert!(m("[z-a]", "q"), "a reversed range is swapped");
         assert!(m("[\\]]", "]"));
-        assert!(m("[a-]", "^"), "`a-]` is a range, leaving the class unterminated");
+        assert!(
+            m("[a-]", "^"),
+            "`a-]` is a range, leaving the class unterminated"
+        );
     }
 
     #[test]
@@ -193,7 +196,10 @@ mod tests {
     fn unterminated_class_runs_to_end_of_pattern() {
         assert!(m("[abc", "a"));
         assert!(!m("[abc", "ab"));
-        assert!(!m("x[", "x["), "an empty unterminated class matches nothing");
+        assert!(
+            !m("x[", "x["),
+            "an empty unterminated class matches nothing"
+        );
     }
 
     #[test]

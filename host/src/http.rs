@@ -55,7 +55,10 @@ pub async fn serve(
 
 async fn metrics_text(State(endpoint): State<Endpoint>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         endpoint.metrics.render(),
     )
 }

@@ -131,10 +131,16 @@ impl Fixture {
                 };
                 (outcome, detail)
             }
-            _ => return Err("missing \"expect\" (ack, retry, reject, or {\"outcome\", \"detail\"})".into()),
+            _ => {
+                return Err(
+                    "missing \"expect\" (ack, retry, reject, or {\"outcome\", \"detail\"})".into(),
+                );
+            }
         };
         if !matches!(outcome.as_str(), "ack" | "retry" | "reject") {
-            return Err(format!("expected outcome {outcome:?} is not ack, retry or reject"));
+            return Err(format!(
+                "expected outcome {outcome:?} is not ack, retry or reject"
+            ));
         }
         Ok(Fixture {
             event: EventSpec::from_object(object)?,
@@ -163,15 +169,26 @@ pub async fn run_fixtures(
         let result = isolation.results().last().cloned();
         let detail = result.and_then(|r| r.detail).unwrap_or_default();
         let kind = dispatch.outcome.kind();
-        let detail_ok = fixture.detail.as_ref().is_none_or(|d| detail.contains(d.as_str()));
+        let detail_ok = fixture
+            .detail
+            .as_ref()
+            .is_none_or(|d| detail.contains(d.as_str()));
         if kind != fixture.outcome || !detail_ok {
             return Err(format!(
                 "fixture {} ({}): expected {}{}, got {kind}{}",
                 i + 1,
                 fixture.event.subject,
                 fixture.outcome,
-                fixture.detail.as_ref().map(|d| format!(" containing {d:?}")).unwrap_or_default(),
-                if detail.is_empty() { String::new() } else { format!(": {detail}") },
+                fixture
+                    .detail
+                    .as_ref()
+                    .map(|d| format!(" containing {d:?}"))
+                    .unwrap_or_default(),
+                if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {detail}")
+                },
             ));
         }
     }
@@ -244,11 +261,13 @@ impl Isolation {
         config: BTreeMap<String, String>,
         limits: Limits,
     ) -> Result<Self, IsolationError> {
-        let runtime = Arc::new(Runtime::new(RuntimeConfig {
-            max_instances: 16,
-            ..RuntimeConfig::default()
-        })
-        .map_err(|e| IsolationError::Runtime(format!("{e:#}")))?);
+        let runtime = Arc::new(
+            Runtime::new(RuntimeConfig {
+                max_instances: 16,
+                ..RuntimeConfig::default()
+            })
+            .map_err(|e| IsolationError::Runtime(format!("{e:#}")))?,
+        );
         let plugin = runtime.load(plugin)?;
         Ok(Self::on(runtime, plugin, config, limits))
     }

@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "Runs event-handler WebAssembly components next to a NATS JetStream stream")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Runs event-handler WebAssembly components next to a NATS JetStream stream"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "SWITCHYARD_LOG_FORMAT")]
@@ -69,7 +73,10 @@ fn main() -> ExitCode {
 /// Logs go to stderr; `SWITCHYARD_LOG` (or `RUST_LOG`) filters them, `info`
 /// by default. With an OTLP endpoint, spans are also exported (see
 /// `switchyard::telemetry`); the returned guard flushes them when dropped.
-fn init_logging(format: LogFormat, otlp_endpoint: Option<&str>) -> Option<switchyard::telemetry::Telemetry> {
+fn init_logging(
+    format: LogFormat,
+    otlp_endpoint: Option<&str>,
+) -> Option<switchyard::telemetry::Telemetry> {
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::{EnvFilter, fmt};
     let filter = EnvFilter::try_from_env("SWITCHYARD_LOG")
@@ -94,7 +101,10 @@ fn init_logging(format: LogFormat, otlp_endpoint: Option<&str>) -> Option<switch
         .with(logs.with_filter(filter))
         .init();
     if let Some(telemetry) = &telemetry {
-        tracing::info!(url = telemetry.traces_url(), "exporting spans over OTLP/HTTP");
+        tracing::info!(
+            url = telemetry.traces_url(),
+            "exporting spans over OTLP/HTTP"
+        );
     }
     telemetry
 }

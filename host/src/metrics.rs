@@ -5,7 +5,6 @@
 //! `switchyard_events_total{outcome="ack"}` rising while
 //! `switchyard_cache_keys_deleted_total` stays flat.
 
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -98,15 +97,35 @@ impl Metrics {
             duration.clone(),
         );
         let redeliveries = Family::<HandlerLabel, Counter>::default();
-        registry.register("redeliveries", "Events received on a delivery after the first", redeliveries.clone());
+        registry.register(
+            "redeliveries",
+            "Events received on a delivery after the first",
+            redeliveries.clone(),
+        );
         let dead_letters = Family::<HandlerLabel, Counter>::default();
-        registry.register("dead_letters", "Events published to the dead-letter stream", dead_letters.clone());
+        registry.register(
+            "dead_letters",
+            "Events published to the dead-letter stream",
+            dead_letters.clone(),
+        );
         let keys_scanned = Family::<HandlerLabel, Counter>::default();
-        registry.register("cache_keys_scanned", "Keys returned to handlers by cache scans", keys_scanned.clone());
+        registry.register(
+            "cache_keys_scanned",
+            "Keys returned to handlers by cache scans",
+            keys_scanned.clone(),
+        );
         let keys_deleted = Family::<HandlerLabel, Counter>::default();
-        registry.register("cache_keys_deleted", "Keys that existed and were deleted by handlers", keys_deleted.clone());
+        registry.register(
+            "cache_keys_deleted",
+            "Keys that existed and were deleted by handlers",
+            keys_deleted.clone(),
+        );
         let graph_upserts = Family::<KindLabels, Counter>::default();
-        registry.register("graph_upserts", "Successful graph upserts, by kind (entity, relation)", graph_upserts.clone());
+        registry.register(
+            "graph_upserts",
+            "Successful graph upserts, by kind (entity, relation)",
+            graph_upserts.clone(),
+        );
         let host_call_errors = Family::<KindLabels, Counter>::default();
         registry.register(
             "host_call_errors",
@@ -120,9 +139,17 @@ impl Metrics {
             faults.clone(),
         );
         let reloads = Family::<ResultLabels, Counter>::default();
-        registry.register("plugin_reloads", "Plugin versions offered, by result (ok, refused)", reloads.clone());
+        registry.register(
+            "plugin_reloads",
+            "Plugin versions offered, by result (ok, refused)",
+            reloads.clone(),
+        );
         let plugin = Family::<PluginLabels, Gauge>::default();
-        registry.register("plugin_info", "The live plugin version of each handler (value 1)", plugin.clone());
+        registry.register(
+            "plugin_info",
+            "The live plugin version of each handler (value 1)",
+            plugin.clone(),
+        );
         let shadow = Family::<ResultLabels, Counter>::default();
         registry.register(
             "shadow_events",
@@ -130,9 +157,17 @@ impl Metrics {
             shadow.clone(),
         );
         let pending = Family::<HandlerLabel, Gauge>::default();
-        registry.register("consumer_pending", "Events in the stream not yet delivered to the consumer", pending.clone());
+        registry.register(
+            "consumer_pending",
+            "Events in the stream not yet delivered to the consumer",
+            pending.clone(),
+        );
         let ack_pending = Family::<HandlerLabel, Gauge>::default();
-        registry.register("consumer_ack_pending", "Events delivered and not yet settled", ack_pending.clone());
+        registry.register(
+            "consumer_ack_pending",
+            "Events delivered and not yet settled",
+            ack_pending.clone(),
+        );
         Metrics {
             registry,
             events,
@@ -200,8 +235,12 @@ impl Metrics {
 
     fn record_effects(&self, name: &str, effects: &Effects) {
         let label = handler(name);
-        self.keys_scanned.get_or_create(&label).inc_by(effects.keys_scanned);
-        self.keys_deleted.get_or_create(&label).inc_by(effects.keys_deleted);
+        self.keys_scanned
+            .get_or_create(&label)
+            .inc_by(effects.keys_scanned);
+        self.keys_deleted
+            .get_or_create(&label)
+            .inc_by(effects.keys_deleted);
         self.graph_upserts
             .get_or_create(&kind(name, "entity"))
             .inc_by(effects.entities_upserted);
@@ -216,7 +255,9 @@ impl Metrics {
             ("other", errors.other),
         ] {
             if count > 0 {
-                self.host_call_errors.get_or_create(&kind(name, error_kind)).inc_by(count);
+                self.host_call_errors
+                    .get_or_create(&kind(name, error_kind))
+                    .inc_by(count);
             }
         }
     }
@@ -260,8 +301,12 @@ impl Metrics {
     }
 
     pub fn consumer_state(&self, name: &str, pending: u64, ack_pending: usize) {
-        self.pending.get_or_create(&handler(name)).set(pending as i64);
-        self.ack_pending.get_or_create(&handler(name)).set(ack_pending as i64);
+        self.pending
+            .get_or_create(&handler(name))
+            .set(pending as i64);
+        self.ack_pending
+            .get_or_create(&handler(name))
+            .set(ack_pending as i64);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -95,9 +95,11 @@ pub async fn offer(
                 let mut state = handler.reload.lock().unwrap_or_else(|p| p.into_inner());
                 state.longest_swap_ns = state.longest_swap_ns.max(swap_ns);
             }
-            shared
-                .metrics
-                .plugin_live(name, Some(previous.digest().as_str()), plugin.digest().as_str());
+            shared.metrics.plugin_live(
+                name,
+                Some(previous.digest().as_str()),
+                plugin.digest().as_str(),
+            );
             shared.metrics.reload(name, true);
             tracing::info!(handler = name, from = %previous.digest(), to = %plugin.digest(), %origin, "plugin swapped");
             record(handler, plugin.digest(), None, origin);
@@ -124,12 +126,17 @@ async fn prepare(
         .map_err(|e| ReloadError::Task(e.to_string()))?;
     let plugin = plugin?;
     if !fixtures.is_empty() {
-        run_fixtures(runtime_of(shared), plugin.clone(), handler.config.config.clone(), fixtures)
-            .await
-            .map_err(|reason| ReloadError::Fixtures {
-                digest: plugin.digest().clone(),
-                reason,
-            })?;
+        run_fixtures(
+            runtime_of(shared),
+            plugin.clone(),
+            handler.config.config.clone(),
+            fixtures,
+        )
+        .await
+        .map_err(|reason| ReloadError::Fixtures {
+            digest: plugin.digest().clone(),
+            reason,
+        })?;
     }
     Ok(plugin)
 }
@@ -168,7 +175,12 @@ pub fn load_fixtures(path: Option<&Path>) -> Result<Vec<Fixture>, String> {
 }
 
 /// Follows `path` and offers every new version of it until `shutdown`.
-pub async fn watch_file(shared: Arc<Shared>, handler: Arc<Handler>, path: PathBuf, shutdown: CancellationToken) {
+pub async fn watch_file(
+    shared: Arc<Shared>,
+    handler: Arc<Handler>,
+    path: PathBuf,
+    shutdown: CancellationToken,
+) {
     use notify::Watcher as _;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let file_name = path.file_name().map(|n| n.to_os_string());
@@ -185,7 +197,10 @@ pub async fn watch_file(shared: Arc<Shared>, handler: Arc<Handler>, path: PathBu
     });
     // Watch the directory, not the file: an atomic rename replaces the
     // file's inode, which a watch on the file itself would lose.
-    let directory = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let directory = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     let _watcher = match watcher {
         Ok(mut watcher) => match watcher.watch(&directory, notify::RecursiveMode::NonRecursive) {
             Ok(()) => Some(watcher),
@@ -239,8 +254,13 @@ pub async fn watch_file(shared: Arc<Shared>, handler: Arc<Handler>, path: PathBu
 /// Calls `apply` with every value `key` takes in the control plane, the
 /// current one first (`None` when it is deleted), watching again after an
 /// interruption, until `shutdown`.
-async fn follow<F, Fut>(control: &ControlPlane, key: &str, handler: &str, shutdown: &CancellationToken, mut apply: F)
-where
+async fn follow<F, Fut>(
+    control: &ControlPlane,
+    key: &str,
+    handler: &str,
+    shutdown: &CancellationToken,
+    mut apply: F,
+) where
     F: FnMut(Option<Version>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
@@ -283,7 +303,12 @@ where
 
 /// Follows the control plane's live pointer for `handler` and offers every
 /// version pushed for it until `shutdown`.
-pub async fn watch_object(shared: Arc<Shared>, handler: Arc<Handler>, control: ControlPlane, shutdown: CancellationToken) {
+pub async fn watch_object(
+    shared: Arc<Shared>,
+    handler: Arc<Handler>,
+    control: ControlPlane,
+    shutdown: CancellationToken,
+) {
     let Some(object) = handler.config.plugin_object.clone() else {
         return;
     };
@@ -307,7 +332,12 @@ pub async fn watch_object(shared: Arc<Shared>, handler: Arc<Handler>, control: C
 
 /// Follows the shadow candidate of `handler`: a pushed candidate runs
 /// beside the live version until promoted or replaced.
-pub async fn watch_shadow(shared: Arc<Shared>, handler: Arc<Handler>, control: ControlPlane, shutdown: CancellationToken) {
+pub async fn watch_shadow(
+    shared: Arc<Shared>,
+    handler: Arc<Handler>,
+    control: ControlPlane,
+    shutdown: CancellationToken,
+) {
     let Some(object) = handler.config.plugin_object.clone() else {
         return;
     };
@@ -398,4 +428,3 @@ pub fn status(shared: &Shared) -> Vec<HandlerStatus> {
         })
         .collect()
 }
-

@@ -20,12 +20,12 @@ use crate::backend::valkey::ValkeyCache;
 use crate::backend::{BackendError, Backends, CacheBackend, GraphBackend};
 use crate::capability::HandlerEnv;
 use crate::config::{Config, HandlerConfig};
-use crate::metrics::Metrics;
 use crate::control::{ControlPlane, HostStatus};
+use crate::metrics::Metrics;
 use crate::reload::{self, ReloadState};
-use anyhow::Context as _;
 use crate::runtime::{Plugin, Runtime, RuntimeConfig};
 use crate::source::jetstream;
+use anyhow::Context as _;
 
 /// One configured handler: its settings, its environment and the plugin
 /// version currently live.
@@ -88,7 +88,11 @@ pub struct Shared {
 }
 
 /// Runs the service until `shutdown` is cancelled.
-pub async fn run(config: Config, health: Arc<Health>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let runtime = Runtime::new(RuntimeConfig {
         max_instances: config.runtime.max_instances,
         ..RuntimeConfig::default()
@@ -96,7 +100,13 @@ pub async fn run(config: Config, health: Arc<Health>, shutdown: CancellationToke
     let runtime = Arc::new(runtime);
     let metrics = Arc::new(Metrics::new());
     if !config.http.listen.is_empty() {
-        crate::http::serve(&config.http.listen, health.clone(), metrics.clone(), shutdown.clone()).await?;
+        crate::http::serve(
+            &config.http.listen,
+            health.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .await?;
     }
 
     // Plugins before backends: a plugin that cannot load is a configuration
@@ -158,16 +168,35 @@ pub async fn run(config: Config, health: Arc<Health>, shutdown: CancellationToke
     for handler in &shared.handlers {
         match (&handler.config.plugin, &control) {
             (Some(path), _) => {
-                tokio::spawn(reload::watch_file(shared.clone(), handler.clone(), path.clone(), shutdown.clone()));
+                tokio::spawn(reload::watch_file(
+                    shared.clone(),
+                    handler.clone(),
+                    path.clone(),
+                    shutdown.clone(),
+                ));
             }
             (None, Some(control)) => {
-                tokio::spawn(reload::watch_object(shared.clone(), handler.clone(), control.clone(), shutdown.clone()));
-                tokio::spawn(reload::watch_shadow(shared.clone(), handler.clone(), control.clone(), shutdown.clone()));
+                tokio::spawn(reload::watch_object(
+                    shared.clone(),
+                    handler.clone(),
+                    control.clone(),
+                    shutdown.clone(),
+                ));
+                tokio::spawn(reload::watch_shadow(
+                    shared.clone(),
+                    handler.clone(),
+                    control.clone(),
+                    shutdown.clone(),
+                ));
             }
             (None, None) => {}
         }
     }
-    tokio::spawn(answer_status(nats.client(), shared.clone(), shutdown.clone()));
+    tokio::spawn(answer_status(
+        nats.client(),
+        shared.clone(),
+        shutdown.clone(),
+    ));
     tracing::info!(handlers = shared.handlers.len(), "switchyard is consuming");
 
     for consumer in consumers {
@@ -202,9 +231,13 @@ async fn initial_plugin(
     handler: &HandlerConfig,
 ) -> anyhow::Result<Arc<Plugin>> {
     let bytes = match (&handler.plugin, &handler.plugin_object, control) {
-        (Some(path), _, _) => tokio::fs::read(path)
-            .await
-            .with_context(|| format!("handler `{}`: cannot read plugin {}", handler.name, path.display()))?,
+        (Some(path), _, _) => tokio::fs::read(path).await.with_context(|| {
+            format!(
+                "handler `{}`: cannot read plugin {}",
+                handler.name,
+                path.display()
+            )
+        })?,
         (None, Some(object), Some(control)) => {
             let version = control.live(object).await?.with_context(|| {
                 format!(
@@ -224,7 +257,11 @@ async fn initial_plugin(
 }
 
 /// Answers `<control_subject>.status` requests with this host's status.
-async fn answer_status(client: async_nats::Client, shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn answer_status(
+    client: async_nats::Client,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
     use futures::StreamExt;
     let subject = format!("{}.status", shared.config.nats.control_subject);
     let mut requests = match client.subscribe(subject.clone()).await {
@@ -281,7 +318,11 @@ pub async fn connect_backends(
         tracing::warn!("graph.url is memory://: graph effects stay in this process");
         Arc::new(MemoryGraph::default())
     } else {
-        let (url, user, password) = (&config.graph.url, &config.graph.user, &config.graph.password);
+        let (url, user, password) = (
+            &config.graph.url,
+            &config.graph.user,
+            &config.graph.password,
+        );
         Arc::new(retry_connect("graph", url, || Neo4jGraph::connect(url, user, password)).await)
     };
     health.graph.store(true, Ordering::Relaxed);
@@ -292,8 +333,13 @@ fn seed_memory_cache(cache: &MemoryCache, path: &std::path::Path) -> anyhow::Res
     use anyhow::Context as _;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read cache.seed {}", path.display()))?;
-    let entries: std::collections::BTreeMap<String, serde_json::Value> = serde_json::from_str(&text)
-        .with_context(|| format!("cache.seed {} must be a JSON object of key to value", path.display()))?;
+    let entries: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "cache.seed {} must be a JSON object of key to value",
+                path.display()
+            )
+        })?;
     let count = entries.len();
     for (key, value) in entries {
         let value = match value {

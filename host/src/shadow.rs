@@ -102,7 +102,11 @@ impl GraphBackend for Recording {
         self.inner.graph.kind()
     }
 
-    async fn upsert_entity(&self, node: &NodeKey, properties: &[(String, Value)]) -> Result<(), BackendError> {
+    async fn upsert_entity(
+        &self,
+        node: &NodeKey,
+        properties: &[(String, Value)],
+    ) -> Result<(), BackendError> {
         if self.execute {
             self.inner.graph.upsert_entity(node, properties).await?;
         }
@@ -122,7 +126,10 @@ impl GraphBackend for Recording {
         properties: &[(String, Value)],
     ) -> Result<(), BackendError> {
         if self.execute {
-            self.inner.graph.upsert_relation(source, kind, target, properties).await?;
+            self.inner
+                .graph
+                .upsert_relation(source, kind, target, properties)
+                .await?;
         }
         lock(&self.log)
             .relations
@@ -159,12 +166,20 @@ fn recording_env(handler: &Handler, execute: bool) -> (Arc<HandlerEnv>, Arc<Mute
 
 /// Runs `event` on the live `plugin`, and on the handler's shadow candidate
 /// first when it has one. Returns the live run.
-pub async fn dispatch(shared: &Shared, handler: &Handler, plugin: &Plugin, event: Event) -> Dispatch {
+pub async fn dispatch(
+    shared: &Shared,
+    handler: &Handler,
+    plugin: &Plugin,
+    event: Event,
+) -> Dispatch {
     let Some(shadow) = handler.shadow.load_full() else {
         return shared.runtime.dispatch(plugin, &handler.env, event).await;
     };
     let (shadow_env, shadow_log) = recording_env(handler, false);
-    let candidate = shared.runtime.dispatch(&shadow.plugin, &shadow_env, event.clone()).await;
+    let candidate = shared
+        .runtime
+        .dispatch(&shadow.plugin, &shadow_env, event.clone())
+        .await;
     let (live_env, live_log) = recording_env(handler, true);
     let live = shared.runtime.dispatch(plugin, &live_env, event).await;
 
@@ -180,14 +195,30 @@ pub async fn dispatch(shared: &Shared, handler: &Handler, plugin: &Plugin, event
     live
 }
 
-fn compare(live: &Dispatch, live_log: &Recorded, candidate: &Dispatch, candidate_log: &Recorded) -> Option<String> {
+fn compare(
+    live: &Dispatch,
+    live_log: &Recorded,
+    candidate: &Dispatch,
+    candidate_log: &Recorded,
+) -> Option<String> {
     let mut differences = Vec::new();
     if live.outcome != candidate.outcome {
-        differences.push(format!("outcome: live {:?}, candidate {:?}", live.outcome, candidate.outcome));
+        differences.push(format!(
+            "outcome: live {:?}, candidate {:?}",
+            live.outcome, candidate.outcome
+        ));
     }
     if live_log.deleted != candidate_log.deleted {
-        let only_live: Vec<_> = live_log.deleted.difference(&candidate_log.deleted).take(5).collect();
-        let only_candidate: Vec<_> = candidate_log.deleted.difference(&live_log.deleted).take(5).collect();
+        let only_live: Vec<_> = live_log
+            .deleted
+            .difference(&candidate_log.deleted)
+            .take(5)
+            .collect();
+        let only_candidate: Vec<_> = candidate_log
+            .deleted
+            .difference(&live_log.deleted)
+            .take(5)
+            .collect();
         differences.push(format!(
             "keys deleted: live {}, candidate {}; only live {only_live:?}, only candidate {only_candidate:?}",
             live_log.deleted.len(),
@@ -195,9 +226,19 @@ fn compare(live: &Dispatch, live_log: &Recorded, candidate: &Dispatch, candidate
         ));
     }
     if live_log.entities != candidate_log.entities {
-        let live_nodes: BTreeSet<_> = live_log.entities.keys().map(|k| format!("({}:{})", k.label, k.id)).collect();
-        let candidate_nodes: BTreeSet<_> = candidate_log.entities.keys().map(|k| format!("({}:{})", k.label, k.id)).collect();
-        differences.push(format!("nodes written: live {live_nodes:?}, candidate {candidate_nodes:?}"));
+        let live_nodes: BTreeSet<_> = live_log
+            .entities
+            .keys()
+            .map(|k| format!("({}:{})", k.label, k.id))
+            .collect();
+        let candidate_nodes: BTreeSet<_> = candidate_log
+            .entities
+            .keys()
+            .map(|k| format!("({}:{})", k.label, k.id))
+            .collect();
+        differences.push(format!(
+            "nodes written: live {live_nodes:?}, candidate {candidate_nodes:?}"
+        ));
     }
     if live_log.relations != candidate_log.relations {
         differences.push(format!(
@@ -206,5 +247,9 @@ fn compare(live: &Dispatch, live_log: &Recorded, candidate: &Dispatch, candidate
             candidate_log.relations.len()
         ));
     }
-    if differences.is_empty() { None } else { Some(differences.join("; ")) }
+    if differences.is_empty() {
+        None
+    } else {
+        Some(differences.join("; "))
+    }
 }

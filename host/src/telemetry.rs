@@ -85,7 +85,10 @@ pub fn traces_endpoint(endpoint: &str) -> Result<String, TelemetryError> {
         return Err(bad(endpoint, "has no host"));
     }
     if authority.contains('@') {
-        return Err(bad(endpoint, "must not carry credentials; use OTEL_EXPORTER_OTLP_HEADERS"));
+        return Err(bad(
+            endpoint,
+            "must not carry credentials; use OTEL_EXPORTER_OTLP_HEADERS",
+        ));
     }
     // The port, if any: after the last ':' that is not inside an IPv6 literal.
     let host_end = authority.rfind(']').map_or(0, |i| i + 1);
@@ -157,8 +160,10 @@ where
             endpoint: endpoint.to_string(),
             source,
         })?;
-    let mut resource = Resource::builder()
-        .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    let mut resource = Resource::builder().with_attribute(opentelemetry::KeyValue::new(
+        "service.version",
+        env!("CARGO_PKG_VERSION"),
+    ));
     if std::env::var("OTEL_SERVICE_NAME").map_or(true, |name| name.is_empty()) {
         resource = resource.with_service_name("switchyard");
     }
@@ -175,7 +180,9 @@ where
         .with_target("reqwest", LevelFilter::OFF)
         .with_target("hyper", LevelFilter::OFF)
         .with_target("h2", LevelFilter::OFF);
-    let layer = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(filter);
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(filter);
     Ok((
         layer,
         Telemetry {
@@ -193,8 +200,14 @@ mod tests {
 
     #[test]
     fn base_urls_get_the_traces_path() {
-        assert_eq!(traces_endpoint("http://127.0.0.1:4318").unwrap(), "http://127.0.0.1:4318/v1/traces");
-        assert_eq!(traces_endpoint("http://collector:4318/").unwrap(), "http://collector:4318/v1/traces");
+        assert_eq!(
+            traces_endpoint("http://127.0.0.1:4318").unwrap(),
+            "http://127.0.0.1:4318/v1/traces"
+        );
+        assert_eq!(
+            traces_endpoint("http://collector:4318/").unwrap(),
+            "http://collector:4318/v1/traces"
+        );
         assert_eq!(
             traces_endpoint("http://collector:4318/otlp").unwrap(),
             "http://collector:4318/otlp/v1/traces"
@@ -203,7 +216,10 @@ mod tests {
             traces_endpoint("HTTP://collector:4318/v1/traces").unwrap(),
             "HTTP://collector:4318/v1/traces"
         );
-        assert_eq!(traces_endpoint("http://[::1]:4318").unwrap(), "http://[::1]:4318/v1/traces");
+        assert_eq!(
+            traces_endpoint("http://[::1]:4318").unwrap(),
+            "http://[::1]:4318/v1/traces"
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@ fn switchyard() -> Command {
 }
 
 fn example(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples").join(path)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(path)
 }
 
 fn temp_file(name: &str, contents: &str) -> PathBuf {
@@ -34,12 +36,20 @@ fn test_command_runs_the_stress_scenario_to_fifty_acks_and_no_keys_left() {
         .arg("--json")
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let report: Value = serde_json::from_slice(&output.stdout).expect("exactly one JSON object on stdout");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value =
+        serde_json::from_slice(&output.stdout).expect("exactly one JSON object on stdout");
     let results = report["results"].as_array().unwrap();
     assert_eq!(results.len(), 50);
     assert!(results.iter().all(|r| r["outcome"] == "ack"), "{results:?}");
-    assert_eq!(report["cache_keys"], serde_json::json!(["context:STRESS-NEO-OTHER"]));
+    assert_eq!(
+        report["cache_keys"],
+        serde_json::json!(["context:STRESS-NEO-OTHER"])
+    );
     let nodes = report["graph_nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 50);
     assert!(nodes.iter().all(|n| n["label"] == "PhaseTransition"));
@@ -59,8 +69,14 @@ fn test_command_prints_a_readable_table_by_default() {
         .unwrap();
     assert!(output.status.success());
     let table = String::from_utf8_lossy(&output.stdout);
-    assert!(table.contains("50 events: 50 ack, 0 retry, 0 reject"), "{table}");
-    assert!(table.contains("cache: 50 keys deleted, 1 keys left"), "{table}");
+    assert!(
+        table.contains("50 events: 50 ack, 0 retry, 0 reject"),
+        "{table}"
+    );
+    assert!(
+        table.contains("cache: 50 keys deleted, 1 keys left"),
+        "{table}"
+    );
     assert!(table.contains("graph: 50 nodes"), "{table}");
 }
 
@@ -72,7 +88,14 @@ fn test_command_reports_rejects_with_their_reason_and_config_is_applied() {
     );
     let cache = temp_file("cache.json", "{\"ctx/S1\": \"v\", \"context:S1\": \"v\"}");
     let output = switchyard()
-        .args(["test", STORY_TRANSITIONS, "--json", "--config", "key_prefix=ctx/", "--events"])
+        .args([
+            "test",
+            STORY_TRANSITIONS,
+            "--json",
+            "--config",
+            "key_prefix=ctx/",
+            "--events",
+        ])
         .arg(&events)
         .arg("--cache")
         .arg(&cache)
@@ -81,7 +104,12 @@ fn test_command_reports_rejects_with_their_reason_and_config_is_applied() {
     assert!(output.status.success());
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["results"][0]["outcome"], "reject");
-    assert!(report["results"][0]["detail"].as_str().unwrap().contains("JSON"));
+    assert!(
+        report["results"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("JSON")
+    );
     assert_eq!(report["results"][1]["outcome"], "ack");
     assert_eq!(report["cache_keys"], serde_json::json!(["context:S1"]));
 }
@@ -96,7 +124,10 @@ fn test_command_refuses_a_plugin_of_the_wrong_world_in_one_line() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("does not fit the switchyard:handler/event-handler world"), "{stderr}");
+    assert!(
+        stderr.contains("does not fit the switchyard:handler/event-handler world"),
+        "{stderr}"
+    );
     assert!(output.stdout.is_empty());
 }
 

@@ -40,7 +40,9 @@ fn switchyard() -> Command {
 }
 
 fn example(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples").join(path)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(path)
 }
 
 /// A directory of this test's own.
@@ -52,26 +54,45 @@ fn temp_dir(id: &str) -> PathBuf {
 
 /// A loopback port nothing listens on right now.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A blocking `GET http://127.0.0.1:<port><path>`: (status, body).
 fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("write: {e}"))?;
+    let mut stream =
+        TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("write: {e}"))?;
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).map_err(|e| format!("read: {e}"))?;
+    stream
+        .read_to_end(&mut response)
+        .map_err(|e| format!("read: {e}"))?;
     let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no header end in {text:?}"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no header end in {text:?}"))?;
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("no status in {head:?}"))?;
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         return Err(format!("unexpected chunked response: {head:?}"));
     }
     Ok((status, body.to_string()))
@@ -102,6 +123,11 @@ struct Names {
     dead_letter_subject: String,
     durable: String,
     key_prefix: String,
+    plugin_bucket: String,
+    plugin_kv: String,
+    control_subject: String,
+    /// The handler's `plugin_object`; `None` runs the plugin file.
+    plugin_object: Option<String>,
 }
 
 impl Names {
@@ -115,7 +141,20 @@ impl Names {
             dead_letter_subject: format!("dead.{id}"),
             durable: format!("ops-{id}"),
             key_prefix: format!("{id}:context:"),
+            plugin_bucket: format!("plugins-{id}"),
+            plugin_kv: format!("live-{id}"),
+            control_subject: format!("control.{id}"),
+            plugin_object: None,
             id,
+        }
+    }
+
+    /// The same names, with the handler's versions coming from the control
+    /// plane under `object`.
+    fn pushed(self, object: &str) -> Self {
+        Names {
+            plugin_object: Some(object.to_string()),
+            ..self
         }
     }
 
@@ -128,6 +167,9 @@ stream = "{stream}"
 stream_subjects = ["{root}.>"]
 dead_letter_stream = "{dead_stream}"
 dead_letter_subject = "{dead_subject}"
+plugin_bucket = "{plugin_bucket}"
+plugin_kv = "{plugin_kv}"
+control_subject = "{control_subject}"
 
 [cache]
 url = "{valkey}"
@@ -145,7 +187,7 @@ max_instances = 32
 
 [[handlers]]
 name = "{HANDLER}"
-plugin = "{plugin}"
+{plugin}
 subjects = ["{subject}"]
 durable = "{durable}"
 concurrency = 8
@@ -170,7 +212,13 @@ graph_labels = ["PhaseTransition"]
             root = self.subject_root,
             dead_stream = self.dead_letter_stream,
             dead_subject = self.dead_letter_subject,
-            plugin = STORY_TRANSITIONS,
+            plugin_bucket = self.plugin_bucket,
+            plugin_kv = self.plugin_kv,
+            control_subject = self.control_subject,
+            plugin = match &self.plugin_object {
+                Some(object) => format!("plugin_object = {object:?}"),
+                None => format!("plugin = {STORY_TRANSITIONS:?}"),
+            },
             subject = self.subject,
             durable = self.durable,
             key_prefix = self.key_prefix,
@@ -190,9 +238,9 @@ impl Serve {
     fn start(names: &Names, extra_args: &[&str]) -> Self {
         let port = free_port();
         let dir = temp_dir(&names.id);
-        let config = dir.join("switchyard.toml");
+        let config = dir.join(format!("switchyard-{port}.toml"));
         std::fs::write(&config, names.config_toml(port)).unwrap();
-        let stderr = dir.join("stderr.log");
+        let stderr = dir.join(format!("stderr-{port}.log"));
         let child = switchyard()
             .args(extra_args)
             .arg("serve")
@@ -210,6 +258,10 @@ impl Serve {
         }
     }
 
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
     fn get(&self, path: &str) -> Result<(u16, String), String> {
         http_get(self.port, path)
     }
@@ -222,7 +274,10 @@ impl Serve {
     fn assert_running(&mut self) {
         let child = self.child.as_mut().unwrap();
         if let Some(status) = child.try_wait().unwrap() {
-            panic!("switchyard serve exited early ({status}); its log:\n{}", self.logs());
+            panic!(
+                "switchyard serve exited early ({status}); its log:\n{}",
+                self.logs()
+            );
         }
     }
 
@@ -238,7 +293,10 @@ impl Serve {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("/readyz not 200 within {timeout:?}; last: {last}; log:\n{}", self.logs());
+        panic!(
+            "/readyz not 200 within {timeout:?}; last: {last}; log:\n{}",
+            self.logs()
+        );
     }
 
     fn metrics(&self) -> String {
@@ -264,7 +322,10 @@ impl Serve {
             if start.elapsed() > Duration::from_secs(30) {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("switchyard serve did not exit within 30 s of SIGTERM; log:\n{}", self.logs());
+                panic!(
+                    "switchyard serve did not exit within 30 s of SIGTERM; log:\n{}",
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -310,12 +371,19 @@ fn transition(story: &str, timestamp: &str) -> Vec<u8> {
 }
 
 async fn existing(valkey: &mut redis::aio::MultiplexedConnection, keys: &[String]) -> u64 {
-    redis::cmd("EXISTS").arg(keys).query_async(valkey).await.unwrap()
+    redis::cmd("EXISTS")
+        .arg(keys)
+        .query_async(valkey)
+        .await
+        .unwrap()
 }
 
 async fn transitions_at(graph: &neo4rs::Graph, timestamp: &str) -> i64 {
     let mut rows = graph
-        .execute(neo4rs::query("MATCH (n:PhaseTransition {timestamp: $t}) RETURN count(n) AS c").param("t", timestamp))
+        .execute(
+            neo4rs::query("MATCH (n:PhaseTransition {timestamp: $t}) RETURN count(n) AS c")
+                .param("t", timestamp),
+        )
         .await
         .unwrap();
     rows.next().await.unwrap().unwrap().get::<i64>("c").unwrap()
@@ -339,11 +407,18 @@ async fn seed_scenario_shows_fifty_acks_fifty_keys_deleted_and_fifty_upserts_in_
     let graph = services::neo4j().await;
     let js = services::jetstream().await;
 
-    let keys: Vec<String> = (1..=50).map(|i| format!("{}STRESS-NEO-{i:04}", names.key_prefix)).collect();
+    let keys: Vec<String> = (1..=50)
+        .map(|i| format!("{}STRESS-NEO-{i:04}", names.key_prefix))
+        .collect();
     // Another story whose id starts with a stress id: it must stay.
     let other = format!("{}STRESS-NEO-00010", names.key_prefix);
     for key in keys.iter().chain([&other]) {
-        let _: () = redis::cmd("SET").arg(key).arg("rendered").query_async(&mut valkey).await.unwrap();
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg("rendered")
+            .query_async(&mut valkey)
+            .await
+            .unwrap();
     }
     let timestamp = services::unique("2026-11-26T00:00:00Z#");
 
@@ -353,7 +428,12 @@ async fn seed_scenario_shows_fifty_acks_fifty_keys_deleted_and_fifty_upserts_in_
     assert_eq!(status, 200, "/healthz: {body}");
 
     for i in 1..=50 {
-        publish(&js, &names.subject, transition(&format!("STRESS-NEO-{i:04}"), &timestamp)).await;
+        publish(
+            &js,
+            &names.subject,
+            transition(&format!("STRESS-NEO-{i:04}"), &timestamp),
+        )
+        .await;
     }
     let ack = format!("switchyard_events_total{{handler=\"{HANDLER}\",outcome=\"ack\"}}");
     let metrics = poll(Duration::from_secs(60), "50 acks in /metrics", || {
@@ -384,28 +464,62 @@ async fn seed_scenario_shows_fifty_acks_fifty_keys_deleted_and_fifty_upserts_in_
         .collect();
     eprintln!("/metrics after the seed scenario:\n{}", excerpt.join("\n"));
 
-    assert!(metrics.lines().any(|l| l == format!("{ack} 50")), "exactly 50 acks:\n{metrics}");
-    let deleted = format!("switchyard_cache_keys_deleted_total{{handler=\"{HANDLER}\"}}");
-    assert!(metrics.lines().any(|l| l == format!("{deleted} 50")), "exactly 50 keys deleted:\n{metrics}");
-    let entities = format!("switchyard_graph_upserts_total{{handler=\"{HANDLER}\",kind=\"entity\"}}");
-    assert!(metrics.lines().any(|l| l == format!("{entities} 50")), "exactly 50 entity upserts:\n{metrics}");
-    let duration_count = format!("switchyard_event_duration_seconds_count{{handler=\"{HANDLER}\"}}");
-    assert!(sample(&metrics, &duration_count).unwrap_or_default() >= 50.0, "{metrics}");
-    let dead = format!("switchyard_dead_letters_total{{handler=\"{HANDLER}\"}}");
-    assert_eq!(sample(&metrics, &dead).unwrap_or_default(), 0.0, "no dead letters:\n{metrics}");
     assert!(
-        metrics.lines().any(|l| l.starts_with("switchyard_plugin_info{") && l.contains(HANDLER) && l.ends_with(" 1")),
+        metrics.lines().any(|l| l == format!("{ack} 50")),
+        "exactly 50 acks:\n{metrics}"
+    );
+    let deleted = format!("switchyard_cache_keys_deleted_total{{handler=\"{HANDLER}\"}}");
+    assert!(
+        metrics.lines().any(|l| l == format!("{deleted} 50")),
+        "exactly 50 keys deleted:\n{metrics}"
+    );
+    let entities =
+        format!("switchyard_graph_upserts_total{{handler=\"{HANDLER}\",kind=\"entity\"}}");
+    assert!(
+        metrics.lines().any(|l| l == format!("{entities} 50")),
+        "exactly 50 entity upserts:\n{metrics}"
+    );
+    let duration_count =
+        format!("switchyard_event_duration_seconds_count{{handler=\"{HANDLER}\"}}");
+    assert!(
+        sample(&metrics, &duration_count).unwrap_or_default() >= 50.0,
+        "{metrics}"
+    );
+    let dead = format!("switchyard_dead_letters_total{{handler=\"{HANDLER}\"}}");
+    assert_eq!(
+        sample(&metrics, &dead).unwrap_or_default(),
+        0.0,
+        "no dead letters:\n{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("switchyard_plugin_info{")
+                && l.contains(HANDLER)
+                && l.ends_with(" 1")),
         "plugin_info:\n{metrics}"
     );
 
     // What the metrics say is what happened.
-    assert_eq!(existing(&mut valkey, &keys).await, 0, "every stress key is gone");
-    assert_eq!(existing(&mut valkey, std::slice::from_ref(&other)).await, 1, "{other} must stay");
+    assert_eq!(
+        existing(&mut valkey, &keys).await,
+        0,
+        "every stress key is gone"
+    );
+    assert_eq!(
+        existing(&mut valkey, std::slice::from_ref(&other)).await,
+        1,
+        "{other} must stay"
+    );
     assert_eq!(transitions_at(&graph, &timestamp).await, 50);
 
     let status = serve.terminate();
     assert_eq!(status.code(), Some(0), "graceful drain exits 0");
-    let _: () = redis::cmd("DEL").arg(&other).query_async(&mut valkey).await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&other)
+        .query_async(&mut valkey)
+        .await
+        .unwrap();
     remove_streams(&js, &names).await;
 }
 
@@ -433,24 +547,266 @@ async fn readyz_follows_valkey_down_and_back_while_healthz_stays_up() {
     // Keep the outage short: stop, see the 503, start again at once.
     services::control("stop", "valkey");
     let restart = ValkeyStopped;
-    let body = poll(Duration::from_secs(15), "/readyz 503 with the cache down", || match serve.get("/readyz") {
-        Ok((503, body)) if body.contains("cache: down") => Ok(body),
-        other => Err(format!("{other:?}")),
-    });
+    let body = poll(
+        Duration::from_secs(15),
+        "/readyz 503 with the cache down",
+        || match serve.get("/readyz") {
+            Ok((503, body)) if body.contains("cache: down") => Ok(body),
+            other => Err(format!("{other:?}")),
+        },
+    );
     let healthz = serve.get("/healthz");
     drop(restart); // starts Valkey
     eprintln!("/readyz while Valkey was stopped:\n{body}");
     assert!(body.contains("nats: up"), "{body}");
-    assert_eq!(healthz.map(|(status, _)| status), Ok(200), "/healthz stays 200 during the outage");
+    assert_eq!(
+        healthz.map(|(status, _)| status),
+        Ok(200),
+        "/healthz stays 200 during the outage"
+    );
 
-    poll(Duration::from_secs(60), "/readyz 200 with Valkey back", || match serve.get("/readyz") {
-        Ok((200, body)) if body.contains("cache: up") => Ok(()),
-        other => Err(format!("{other:?}")),
-    });
+    poll(
+        Duration::from_secs(60),
+        "/readyz 200 with Valkey back",
+        || match serve.get("/readyz") {
+            Ok((200, body)) if body.contains("cache: up") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
     serve.assert_running();
     let status = serve.terminate();
     assert_eq!(status.code(), Some(0), "graceful drain exits 0");
     remove_streams(&js, &names).await;
+}
+
+/// The story-transitions component with a custom section appended: the
+/// same behaviour under a new digest.
+fn variant(dir: &std::path::Path, tag: u8) -> PathBuf {
+    let mut bytes = std::fs::read(STORY_TRANSITIONS).unwrap();
+    let name = b"variant";
+    bytes.extend_from_slice(&[0, (name.len() + 2) as u8, name.len() as u8]);
+    bytes.extend_from_slice(name);
+    bytes.push(tag);
+    let path = dir.join(format!("story-transitions-{tag}.wasm"));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// `sha256:<hex>` of a file, as hosts report digests.
+fn digest_of(path: &std::path::Path) -> String {
+    switchyard::runtime::Digest::of(&std::fs::read(path).unwrap()).to_string()
+}
+
+/// Runs `switchyard <args>` to completion: (success, stdout, stderr).
+fn cli(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let output = switchyard()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `switchyard status --json`: each answering host's pid and the digest it
+/// runs for the handler.
+fn fleet(config: &std::path::Path) -> Result<Vec<(u32, String)>, String> {
+    let (ok, stdout, stderr) = cli(&[
+        "status".as_ref(),
+        "--json".as_ref(),
+        "--wait".as_ref(),
+        "500ms".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    if !ok {
+        return Err(format!("switchyard status failed: {stderr}"));
+    }
+    let hosts: Vec<switchyard::control::HostStatus> =
+        serde_json::from_str(stdout.trim()).map_err(|e| format!("{e}: {stdout}"))?;
+    let mut digests: Vec<(u32, String)> = hosts
+        .iter()
+        .flat_map(|h| {
+            h.handlers
+                .iter()
+                .filter(|s| s.handler == HANDLER)
+                .map(|s| (h.pid, s.digest.clone()))
+        })
+        .collect();
+    digests.sort();
+    Ok(digests)
+}
+
+/// Waits until exactly the hosts `pids` answer `switchyard status`, all on
+/// `digest`.
+fn fleet_on(config: &std::path::Path, pids: &[u32], digest: &str) {
+    poll(
+        Duration::from_secs(60),
+        &format!("hosts {pids:?} on {digest}"),
+        || {
+            let fleet = fleet(config)?;
+            let expected: Vec<(u32, String)> =
+                pids.iter().map(|&pid| (pid, digest.to_string())).collect();
+            if fleet == expected {
+                Ok(())
+            } else {
+                Err(format!("{fleet:?}"))
+            }
+        },
+    );
+}
+
+/// The operator's loop across two `switchyard serve` processes sharing one
+/// durable: `plugin push` reaches both while events flow, a broken push is
+/// refused before it is stored, `plugin rollback` brings both back to the
+/// previous digest, and every event is handled exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_push_reaches_two_host_processes_and_rollback_restores_the_previous_digest() {
+    let _servers = services::shared().await;
+    let graph = services::neo4j().await;
+    let js = services::jetstream().await;
+    let names = Names::new().pushed(HANDLER);
+    let dir = temp_dir(&names.id);
+    // The operator's own copy of the configuration (its http port is unused).
+    let config = dir.join("operator.toml");
+    std::fs::write(&config, names.config_toml(free_port())).unwrap();
+    let (first, second) = (variant(&dir, 1), variant(&dir, 2));
+    let (first_digest, second_digest) = (digest_of(&first), digest_of(&second));
+    let fixtures = example("story-transitions.fixtures.jsonl");
+    let push = |file: &std::path::Path| {
+        cli(&[
+            "plugin".as_ref(),
+            "push".as_ref(),
+            HANDLER.as_ref(),
+            file.as_os_str(),
+            "--fixtures".as_ref(),
+            fixtures.as_os_str(),
+            "--config".as_ref(),
+            config.as_os_str(),
+        ])
+    };
+
+    let (ok, stdout, stderr) = push(&first);
+    assert!(ok, "first push: {stdout}{stderr}");
+    assert!(stdout.contains(&first_digest), "{stdout}");
+    let mut host_a = Serve::start(&names, &[]);
+    let mut host_b = Serve::start(&names, &[]);
+    host_a.wait_ready(Duration::from_secs(60));
+    host_b.wait_ready(Duration::from_secs(60));
+    let pids = {
+        let mut pids = [host_a.pid(), host_b.pid()];
+        pids.sort();
+        pids
+    };
+    fleet_on(&config, &pids, &first_digest);
+
+    // Push the second version halfway through 200 events.
+    let timestamp = services::unique("fleet#");
+    for i in 0..200 {
+        if i == 100 {
+            let (ok, stdout, stderr) = push(&second);
+            assert!(ok, "second push: {stdout}{stderr}");
+        }
+        publish(
+            &js,
+            &names.subject,
+            transition(&format!("FLEET-{i}"), &timestamp),
+        )
+        .await;
+    }
+    fleet_on(&config, &pids, &second_digest);
+
+    // Not a component: refused by the CLI, nothing stored, fleet unchanged.
+    let (ok, stdout, stderr) = push(&fixtures);
+    assert!(!ok, "pushing a fixtures file must fail: {stdout}");
+    assert!(
+        stderr.contains("component"),
+        "the refusal says why: {stderr}"
+    );
+
+    let (ok, history, stderr) = cli(&[
+        "plugin".as_ref(),
+        "history".as_ref(),
+        HANDLER.as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    assert!(ok, "history: {stderr}");
+    let listed: Vec<&str> = history
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        listed,
+        [first_digest.as_str(), second_digest.as_str()],
+        "{history}"
+    );
+
+    let (ok, stdout, stderr) = cli(&[
+        "plugin".as_ref(),
+        "rollback".as_ref(),
+        HANDLER.as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    assert!(ok, "rollback: {stdout}{stderr}");
+    assert!(stdout.contains(&first_digest), "{stdout}");
+    fleet_on(&config, &pids, &first_digest);
+
+    poll(
+        Duration::from_secs(60),
+        "200 events handled across both hosts",
+        || {
+            let handled: f64 = [&host_a, &host_b]
+                .iter()
+                .map(|host| {
+                    sample(
+                        &host.metrics(),
+                        &format!(
+                            "switchyard_events_total{{handler=\"{HANDLER}\",outcome=\"ack\"}}"
+                        ),
+                    )
+                    .unwrap_or(0.0)
+                })
+                .sum();
+            if handled >= 200.0 {
+                Ok(())
+            } else {
+                Err(format!("{handled} acked"))
+            }
+        },
+    );
+    let acked: Vec<f64> = [&host_a, &host_b]
+        .iter()
+        .map(|host| {
+            sample(
+                &host.metrics(),
+                &format!("switchyard_events_total{{handler=\"{HANDLER}\",outcome=\"ack\"}}"),
+            )
+            .unwrap_or(0.0)
+        })
+        .collect();
+    eprintln!("acks per host: {acked:?}");
+    assert_eq!(
+        acked.iter().sum::<f64>(),
+        200.0,
+        "each event acked once across the two hosts: {acked:?}"
+    );
+    assert_eq!(
+        transitions_at(&graph, &timestamp).await,
+        200,
+        "one node per event"
+    );
+
+    for host in [host_a, host_b] {
+        assert_eq!(host.terminate().code(), Some(0), "graceful drain exits 0");
+    }
+    remove_streams(&js, &names).await;
+    let _ = js.delete_object_store(&names.plugin_bucket).await;
+    let _ = js.delete_key_value(&names.plugin_kv).await;
 }
 
 /// A configuration with an unknown key refuses to start, naming the key.
@@ -495,8 +851,14 @@ concurency = 4
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "a bad config must not start: {stderr}");
-    assert!(stderr.contains("handlers[0].concurency"), "the key is named: {stderr}");
+    assert!(
+        !output.status.success(),
+        "a bad config must not start: {stderr}"
+    );
+    assert!(
+        stderr.contains("handlers[0].concurency"),
+        "the key is named: {stderr}"
+    );
     assert!(stderr.contains("unknown field"), "{stderr}");
 }
 
@@ -507,14 +869,24 @@ fn the_deployment_examples_configurations_are_accepted() {
     use switchyard::config::Config;
 
     let docker = std::fs::read_to_string(example("docker/switchyard.toml")).unwrap();
-    let config = Config::parse(&docker, "examples/docker/switchyard.toml", std::iter::empty())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let config = Config::parse(
+        &docker,
+        "examples/docker/switchyard.toml",
+        std::iter::empty(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.handlers.len(), 1);
 
     // The block scalar under `switchyard.toml: |`, de-indented.
     let manifest = std::fs::read_to_string(example("k8s/configmap.yaml")).unwrap();
-    let mut lines = manifest.lines().skip_while(|line| line.trim() != "switchyard.toml: |").skip(1);
-    let first = lines.clone().find(|line| !line.trim().is_empty()).expect("a TOML block");
+    let mut lines = manifest
+        .lines()
+        .skip_while(|line| line.trim() != "switchyard.toml: |")
+        .skip(1);
+    let first = lines
+        .clone()
+        .find(|line| !line.trim().is_empty())
+        .expect("a TOML block");
     let indent = first.len() - first.trim_start().len();
     let toml: String = lines
         .by_ref()
@@ -558,7 +930,11 @@ impl Collector {
 
     fn bodies_with(&self, path: &str) -> Vec<Vec<u8>> {
         let received = self.received.lock().unwrap();
-        received.iter().filter(|r| r.path == path).map(|r| r.body.clone()).collect()
+        received
+            .iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.body.clone())
+            .collect()
     }
 }
 
@@ -575,7 +951,11 @@ fn serve_otlp(stream: TcpStream, sink: &Mutex<Vec<Received>>) {
         if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
             return;
         }
-        let path = request_line.split_whitespace().nth(1).unwrap_or_default().to_string();
+        let path = request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
         let (mut length, mut content_type) = (0usize, String::new());
         loop {
             let mut line = String::new();
@@ -613,7 +993,10 @@ fn serve_otlp(stream: TcpStream, sink: &Mutex<Vec<Received>>) {
 }
 
 fn count(haystack: &[u8], needle: &[u8]) -> usize {
-    haystack.windows(needle.len()).filter(|w| *w == needle).count()
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
 }
 
 /// With `--otlp-endpoint`, spans go to `<endpoint>/v1/traces` as OTLP
@@ -623,25 +1006,53 @@ fn spans_are_exported_over_otlp_http_and_flushed_at_exit() {
     let collector = Collector::start();
     let endpoint = format!("http://127.0.0.1:{}", collector.port);
     let output = switchyard()
-        .args(["--otlp-endpoint", &endpoint, "test", STORY_TRANSITIONS, "--events"])
+        .args([
+            "--otlp-endpoint",
+            &endpoint,
+            "test",
+            STORY_TRANSITIONS,
+            "--events",
+        ])
         .arg(example("stress/events.jsonl"))
         .arg("--cache")
         .arg(example("stress/cache.json"))
         .arg("--json")
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     // The process has exited: everything it exported has been received.
     let bodies = collector.bodies_with("/v1/traces");
     assert!(!bodies.is_empty(), "nothing reached /v1/traces");
     {
         let received = collector.received.lock().unwrap();
-        assert!(received.iter().all(|r| r.content_type == "application/x-protobuf"));
+        assert!(
+            received
+                .iter()
+                .all(|r| r.content_type == "application/x-protobuf")
+        );
     }
     let all: Vec<u8> = bodies.concat();
-    assert_eq!(count(&all, b"dispatch"), 50, "one `dispatch` span per event");
-    for needle in [&b"service.name"[..], b"switchyard", b"handler", b"sequence", b"attempt"] {
-        assert!(count(&all, needle) > 0, "{} missing from the export", String::from_utf8_lossy(needle));
+    assert_eq!(
+        count(&all, b"dispatch"),
+        50,
+        "one `dispatch` span per event"
+    );
+    for needle in [
+        &b"service.name"[..],
+        b"switchyard",
+        b"handler",
+        b"sequence",
+        b"attempt",
+    ] {
+        assert!(
+            count(&all, needle) > 0,
+            "{} missing from the export",
+            String::from_utf8_lossy(needle)
+        );
     }
 }
 
@@ -658,20 +1069,34 @@ async fn serve_exports_event_and_dispatch_spans_and_flushes_on_sigterm() {
     serve.wait_ready(Duration::from_secs(60));
     let timestamp = services::unique("2026-11-26T00:00:00Z#");
     for i in 1..=3 {
-        publish(&js, &names.subject, transition(&format!("SPAN-{i}"), &timestamp)).await;
+        publish(
+            &js,
+            &names.subject,
+            transition(&format!("SPAN-{i}"), &timestamp),
+        )
+        .await;
     }
     let ack = format!("switchyard_events_total{{handler=\"{HANDLER}\",outcome=\"ack\"}}");
-    poll(Duration::from_secs(60), "3 acks", || match sample(&serve.metrics(), &ack) {
-        Some(n) if n >= 3.0 => Ok(()),
-        n => Err(format!("{n:?}")),
+    poll(Duration::from_secs(60), "3 acks", || {
+        match sample(&serve.metrics(), &ack) {
+            Some(n) if n >= 3.0 => Ok(()),
+            n => Err(format!("{n:?}")),
+        }
     });
     let log = serve.logs();
     let status = serve.terminate();
     assert_eq!(status.code(), Some(0), "graceful drain exits 0");
     let all: Vec<u8> = collector.bodies_with("/v1/traces").concat();
-    assert_eq!(count(&all, b"dispatch"), 3, "one `dispatch` span per event; log:\n{log}");
+    assert_eq!(
+        count(&all, b"dispatch"),
+        3,
+        "one `dispatch` span per event; log:\n{log}"
+    );
     assert!(count(&all, b"event") >= 3, "`event` spans");
-    assert!(count(&all, names.subject.as_bytes()) >= 3, "the subject is an attribute");
+    assert!(
+        count(&all, names.subject.as_bytes()) >= 3,
+        "the subject is an attribute"
+    );
     remove_streams(&js, &names).await;
 }
 
@@ -683,12 +1108,22 @@ fn a_bad_otlp_endpoint_is_refused_with_the_reason() {
         ("collector:4318", "expected an http:// URL"),
     ] {
         let output = switchyard()
-            .args(["--otlp-endpoint", endpoint, "test", STORY_TRANSITIONS, "--events", "unused.jsonl"])
+            .args([
+                "--otlp-endpoint",
+                endpoint,
+                "test",
+                STORY_TRANSITIONS,
+                "--events",
+                "unused.jsonl",
+            ])
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{stderr}");
-        assert!(stderr.contains("--otlp-endpoint") && stderr.contains(reason), "{stderr}");
+        assert!(
+            stderr.contains("--otlp-endpoint") && stderr.contains(reason),
+            "{stderr}"
+        );
     }
     // An empty OTEL_EXPORTER_OTLP_ENDPOINT (as a manifest may leave it) is no export.
     let output = switchyard()

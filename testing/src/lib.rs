@@ -69,8 +69,8 @@ impl Builder {
     pub fn try_start(self) -> Result<Harness, String> {
         let bytes = std::fs::read(&self.path)
             .map_err(|e| format!("cannot read plugin {}: {e}", self.path.display()))?;
-        let isolation = Isolation::with_limits(&bytes, self.config, self.limits)
-            .map_err(|e| e.to_string())?;
+        let isolation =
+            Isolation::with_limits(&bytes, self.config, self.limits).map_err(|e| e.to_string())?;
         Ok(Harness::new(isolation))
     }
 
@@ -102,10 +102,7 @@ impl Harness {
             .enable_all()
             .build()
             .expect("cannot start a tokio runtime for the harness");
-        Harness {
-            isolation,
-            runtime,
-        }
+        Harness { isolation, runtime }
     }
 
     /// Sets each key to a placeholder value.
@@ -271,7 +268,8 @@ impl Sent {
     /// Asserts how many keys the event deleted.
     pub fn assert_deleted(&self, expected: u64) -> &Self {
         assert_eq!(
-            self.dispatch.effects.keys_deleted, expected,
+            self.dispatch.effects.keys_deleted,
+            expected,
             "keys deleted; {}",
             self.describe()
         );

@@ -46,7 +46,10 @@ pub fn control(action: &str, name: &str) {
         .args([action, name])
         .status()
         .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-    assert!(status.success(), "`{script} {action} {name}` failed: {status}");
+    assert!(
+        status.success(),
+        "`{script} {action} {name}` failed: {status}"
+    );
 }
 
 /// A name no other test in this run (or an earlier run against the same

@@ -21,8 +21,15 @@ fn infinite_loop_is_stopped_by_the_deadline_and_retried() {
     });
     let started = Instant::now();
     let sent = guest.send_raw(SUBJECT, "loop");
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
-    assert_eq!(sent.assert_fault(), Fault::Deadline(Duration::from_millis(200)));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        sent.assert_fault(),
+        Fault::Deadline(Duration::from_millis(200))
+    );
     assert_eq!(sent.assert_retry(), None, "the host picks the backoff");
     guest.send_raw(SUBJECT, "ok").assert_ack();
 }
@@ -39,7 +46,9 @@ fn allocation_past_the_memory_cap_traps() {
         other => panic!("expected a memory fault, got {other:?}"),
     }
     sent.assert_retry();
-    guest.send_raw(SUBJECT, "alloc:4").assert_reject_containing("allocated 4 MiB");
+    guest
+        .send_raw(SUBJECT, "alloc:4")
+        .assert_reject_containing("allocated 4 MiB");
 }
 
 #[test]
@@ -51,7 +60,9 @@ fn panic_becomes_retry_and_the_next_event_succeeds() {
         other => panic!("expected a trap, got {other:?}"),
     }
     assert!(
-        sent.dispatch.output.contains("hostile guest panicked on purpose"),
+        sent.dispatch
+            .output
+            .contains("hostile guest panicked on purpose"),
         "the panic message is kept for the log: {:?}",
         sent.dispatch.output
     );
@@ -62,7 +73,11 @@ fn panic_becomes_retry_and_the_next_event_succeeds() {
 fn unbounded_recursion_traps_on_stack_overflow() {
     let mut guest = hostile(Limits::default());
     let sent = guest.send_raw(SUBJECT, "recurse");
-    assert!(matches!(sent.assert_fault(), Fault::Trap(_)), "{:?}", sent.fault());
+    assert!(
+        matches!(sent.assert_fault(), Fault::Trap(_)),
+        "{:?}",
+        sent.fault()
+    );
     guest.send_raw(SUBJECT, "ok").assert_ack();
 }
 
@@ -88,12 +103,18 @@ fn plugin_chosen_retry_delay_is_kept() {
     let sent = guest.send_raw(SUBJECT, "retry:250");
     assert_eq!(sent.assert_retry(), Some(Duration::from_millis(250)));
     assert!(sent.fault().is_none());
-    assert_eq!(*guest.send_raw(SUBJECT, "retry").outcome(), Outcome::Retry { delay: None });
+    assert_eq!(
+        *guest.send_raw(SUBJECT, "retry").outcome(),
+        Outcome::Retry { delay: None }
+    );
 }
 
 #[test]
 fn component_without_the_handle_export_is_refused() {
-    let error = Harness::load(WRONG_WORLD).try_start().err().expect("must be refused");
+    let error = Harness::load(WRONG_WORLD)
+        .try_start()
+        .err()
+        .expect("must be refused");
     assert!(
         error.contains("does not fit the switchyard:handler/event-handler world"),
         "{error}"
@@ -136,6 +157,7 @@ fn events_file_lines_parse_into_events() {
     assert_eq!(events[0].payload, b"{\"x\":1}");
     assert_eq!(events[1].payload, b"raw bytes");
     assert_eq!(events[1].headers, vec![("h".to_string(), "v".to_string())]);
-    let error = EventSpec::parse_lines("{\"subject\":\"a\",\"payload\":1}\n{\"payload\":1}").unwrap_err();
+    let error =
+        EventSpec::parse_lines("{\"subject\":\"a\",\"payload\":1}\n{\"payload\":1}").unwrap_err();
     assert_eq!(error, "line 2: missing \"subject\"");
 }

@@ -63,7 +63,9 @@ fn scan_order(key: &str) -> u64 {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave a map half-updated, so a
     // poisoned lock is still safe to use.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl MemoryCache {
@@ -245,9 +247,8 @@ impl MemoryGraph {
                 properties: properties.clone(),
             })
             .collect();
-        relations.sort_by(|a, b| {
-            (&a.source, &a.kind, &a.target).cmp(&(&b.source, &b.kind, &b.target))
-        });
+        relations
+            .sort_by(|a, b| (&a.source, &a.kind, &a.target).cmp(&(&b.source, &b.kind, &b.target)));
         relations
     }
 
@@ -378,7 +379,10 @@ mod tests {
         cache.set("needle", "v");
         let page = cache.scan_step("needle", 0, 10);
         assert!(page.keys.len() <= 1);
-        assert_ne!(page.cursor, 0, "ten of 101 keys visited, so the scan is not over");
+        assert_ne!(
+            page.cursor, 0,
+            "ten of 101 keys visited, so the scan is not over"
+        );
     }
 
     #[test]

@@ -25,13 +25,22 @@ use crate::bindings::graph::Value;
 pub enum BackendError {
     /// The server could not be reached, or did not answer in time.
     #[error("{backend} unavailable: {detail}")]
-    Unavailable { backend: &'static str, detail: String },
+    Unavailable {
+        backend: &'static str,
+        detail: String,
+    },
     /// The request was malformed.
     #[error("invalid request to {backend}: {detail}")]
-    Invalid { backend: &'static str, detail: String },
+    Invalid {
+        backend: &'static str,
+        detail: String,
+    },
     /// The server refused or failed the request.
     #[error("{backend} error: {detail}")]
-    Other { backend: &'static str, detail: String },
+    Other {
+        backend: &'static str,
+        detail: String,
+    },
 }
 
 /// One step of a cursor-driven scan.

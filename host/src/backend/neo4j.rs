@@ -57,7 +57,9 @@ impl Neo4jGraph {
         }
         checked(label)?;
         let name = format!("switchyard_{label}_id");
-        let cypher = format!("CREATE CONSTRAINT `{name}` IF NOT EXISTS FOR (n:`{label}`) REQUIRE n.id IS UNIQUE");
+        let cypher = format!(
+            "CREATE CONSTRAINT `{name}` IF NOT EXISTS FOR (n:`{label}`) REQUIRE n.id IS UNIQUE"
+        );
         timed(self.graph.run(query(&cypher))).await?;
         lock(&self.constrained).insert(label.to_string());
         Ok(())
@@ -65,7 +67,9 @@ impl Neo4jGraph {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn checked(name: &str) -> Result<&str, BackendError> {
@@ -166,8 +170,11 @@ impl GraphBackend for Neo4jGraph {
         target: &NodeKey,
         properties: &[(String, Value)],
     ) -> Result<(), BackendError> {
-        let (source_label, target_label, kind) =
-            (checked(&source.label)?, checked(&target.label)?, checked(kind)?);
+        let (source_label, target_label, kind) = (
+            checked(&source.label)?,
+            checked(&target.label)?,
+            checked(kind)?,
+        );
         self.ensure_constraint(source_label).await?;
         self.ensure_constraint(target_label).await?;
         let cypher = format!(

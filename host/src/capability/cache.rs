@@ -110,14 +110,19 @@ mod tests {
             max_delete_keys: 2,
             ..GrantsConfig::default()
         });
-        let env = HandlerEnv::with_grants("h", BTreeMap::new(), backends, Limits::default(), grants);
+        let env =
+            HandlerEnv::with_grants("h", BTreeMap::new(), backends, Limits::default(), grants);
         (HostState::new(env, "s".into(), 1), cache)
     }
 
     #[tokio::test]
     async fn scan_inside_the_grant_runs() {
         let (mut state, _) = granted(&["context:*"]);
-        let page = state.scan("context:S1:*".into(), 0, 100).await.unwrap().unwrap();
+        let page = state
+            .scan("context:S1:*".into(), 0, 100)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(page.keys, ["context:S1:dev"]);
         assert_eq!(state.effects.errors.denied, 0);
     }
@@ -126,7 +131,9 @@ mod tests {
     async fn scan_of_everything_is_denied_and_counted() {
         let (mut state, _) = granted(&["context:*"]);
         match state.scan("*".into(), 0, 100).await.unwrap() {
-            Err(WitError::Denied(message)) => assert!(message.contains("it can match"), "{message}"),
+            Err(WitError::Denied(message)) => {
+                assert!(message.contains("it can match"), "{message}")
+            }
             other => panic!("expected denied, got {other:?}"),
         }
         assert_eq!(state.effects.errors.denied, 1);
@@ -136,16 +143,35 @@ mod tests {
     #[tokio::test]
     async fn delete_outside_the_grant_deletes_nothing() {
         let (mut state, cache) = granted(&["context:*"]);
-        let result = state.delete(vec!["context:S1".into(), "other:S1".into()]).await.unwrap();
-        assert!(matches!(result, Err(WitError::Denied(ref m)) if m.contains("\"other:S1\"")), "{result:?}");
+        let result = state
+            .delete(vec!["context:S1".into(), "other:S1".into()])
+            .await
+            .unwrap();
+        assert!(
+            matches!(result, Err(WitError::Denied(ref m)) if m.contains("\"other:S1\"")),
+            "{result:?}"
+        );
         assert_eq!(cache.len(), 3, "a refused delete removes none of its keys");
         assert_eq!(state.effects.errors.denied, 1);
         let result = state
-            .delete(vec!["context:a".into(), "context:b".into(), "context:c".into()])
+            .delete(vec![
+                "context:a".into(),
+                "context:b".into(),
+                "context:c".into(),
+            ])
             .await
             .unwrap();
-        assert!(matches!(result, Err(WitError::Denied(ref m)) if m.contains("max_delete_keys")), "{result:?}");
-        assert_eq!(state.delete(vec!["context:S1".into(), "context:S1:dev".into()]).await.unwrap(), Ok(2));
+        assert!(
+            matches!(result, Err(WitError::Denied(ref m)) if m.contains("max_delete_keys")),
+            "{result:?}"
+        );
+        assert_eq!(
+            state
+                .delete(vec!["context:S1".into(), "context:S1:dev".into()])
+                .await
+                .unwrap(),
+            Ok(2)
+        );
         assert_eq!(cache.keys(), ["other:S1"]);
     }
 
@@ -176,17 +202,35 @@ mod tests {
         let _ = state.scan("*".into(), 0, 10).await.unwrap();
         let _ = state.delete(vec!["other:S1".into()]).await.unwrap();
         let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-        let scan = logs.lines().find(|l| l.contains("cache scan denied")).unwrap_or_else(|| panic!("{logs}"));
-        assert!(scan.contains("WARN") && scan.contains("handler=h") && scan.contains("pattern=\"*\""), "{scan}");
-        let delete = logs.lines().find(|l| l.contains("cache delete denied")).unwrap_or_else(|| panic!("{logs}"));
-        assert!(delete.contains("handler=h") && delete.contains("key=\"other:S1\""), "{delete}");
+        let scan = logs
+            .lines()
+            .find(|l| l.contains("cache scan denied"))
+            .unwrap_or_else(|| panic!("{logs}"));
+        assert!(
+            scan.contains("WARN") && scan.contains("handler=h") && scan.contains("pattern=\"*\""),
+            "{scan}"
+        );
+        let delete = logs
+            .lines()
+            .find(|l| l.contains("cache delete denied"))
+            .unwrap_or_else(|| panic!("{logs}"));
+        assert!(
+            delete.contains("handler=h") && delete.contains("key=\"other:S1\""),
+            "{delete}"
+        );
     }
 
     #[tokio::test]
     async fn a_handler_without_grants_reaches_no_key() {
         let (mut state, cache) = granted(&[]);
-        assert!(matches!(state.scan("context:S1:*".into(), 0, 10).await.unwrap(), Err(WitError::Denied(_))));
-        assert!(matches!(state.delete(vec!["context:S1".into()]).await.unwrap(), Err(WitError::Denied(_))));
+        assert!(matches!(
+            state.scan("context:S1:*".into(), 0, 10).await.unwrap(),
+            Err(WitError::Denied(_))
+        ));
+        assert!(matches!(
+            state.delete(vec!["context:S1".into()]).await.unwrap(),
+            Err(WitError::Denied(_))
+        ));
         assert_eq!(cache.len(), 3);
         assert_eq!(state.effects.errors.denied, 2);
     }

@@ -48,7 +48,9 @@ fn check_properties(properties: &[(String, Value)]) -> Result<(), String> {
         if let Value::Float(f) = value
             && !f.is_finite()
         {
-            return Err(format!("property {key:?} is {f}, which a graph cannot store"));
+            return Err(format!(
+                "property {key:?} is {f}, which a graph cannot store"
+            ));
         }
     }
     Ok(())
@@ -163,7 +165,10 @@ mod tests {
     #[test]
     fn rejects_cypher_injection_in_label() {
         let error = check_identifier("label", "A`) DETACH DELETE n //").unwrap_err();
-        assert!(error.contains("label \"A`) DETACH DELETE n //\" is not an identifier"), "{error}");
+        assert!(
+            error.contains("label \"A`) DETACH DELETE n //\" is not an identifier"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -198,7 +203,8 @@ mod grant_tests {
             graph_relations: vec!["OF".into()],
             ..GrantsConfig::default()
         });
-        let env = HandlerEnv::with_grants("h", BTreeMap::new(), backends, Limits::default(), grants);
+        let env =
+            HandlerEnv::with_grants("h", BTreeMap::new(), backends, Limits::default(), grants);
         (HostState::new(env, "s".into(), 1), graph)
     }
 
@@ -212,9 +218,20 @@ mod grant_tests {
     #[tokio::test]
     async fn granted_labels_and_kinds_are_written() {
         let (mut state, graph) = granted();
-        assert_eq!(state.upsert_entity("PhaseTransition".into(), "S1:t".into(), vec![]).await.unwrap(), Ok(()));
+        assert_eq!(
+            state
+                .upsert_entity("PhaseTransition".into(), "S1:t".into(), vec![])
+                .await
+                .unwrap(),
+            Ok(())
+        );
         let relation = state
-            .upsert_relation(node("PhaseTransition", "S1:t"), "OF".into(), node("Story", "S1"), vec![])
+            .upsert_relation(
+                node("PhaseTransition", "S1:t"),
+                "OF".into(),
+                node("Story", "S1"),
+                vec![],
+            )
             .await
             .unwrap();
         assert_eq!(relation, Ok(()));
@@ -224,15 +241,34 @@ mod grant_tests {
     #[tokio::test]
     async fn labels_and_kinds_outside_the_grant_are_denied() {
         let (mut state, graph) = granted();
-        let entity = state.upsert_entity("Secret".into(), "x".into(), vec![]).await.unwrap();
-        assert!(matches!(entity, Err(WitError::Denied(ref m)) if m.contains("\"Secret\"")), "{entity:?}");
-        let kind = state
-            .upsert_relation(node("PhaseTransition", "a"), "OWNS".into(), node("Story", "b"), vec![])
+        let entity = state
+            .upsert_entity("Secret".into(), "x".into(), vec![])
             .await
             .unwrap();
-        assert!(matches!(kind, Err(WitError::Denied(ref m)) if m.contains("\"OWNS\"")), "{kind:?}");
+        assert!(
+            matches!(entity, Err(WitError::Denied(ref m)) if m.contains("\"Secret\"")),
+            "{entity:?}"
+        );
+        let kind = state
+            .upsert_relation(
+                node("PhaseTransition", "a"),
+                "OWNS".into(),
+                node("Story", "b"),
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(kind, Err(WitError::Denied(ref m)) if m.contains("\"OWNS\"")),
+            "{kind:?}"
+        );
         let end = state
-            .upsert_relation(node("PhaseTransition", "a"), "OF".into(), node("Secret", "b"), vec![])
+            .upsert_relation(
+                node("PhaseTransition", "a"),
+                "OF".into(),
+                node("Secret", "b"),
+                vec![],
+            )
             .await
             .unwrap();
         assert!(matches!(end, Err(WitError::Denied(_))), "{end:?}");

@@ -46,8 +46,19 @@ impl HandlerEnv {
     /// An environment with every key, label and relation granted: for a
     /// plugin run in isolation on in-memory backends. A configured handler
     /// uses [`HandlerEnv::with_grants`].
-    pub fn new(name: impl Into<String>, config: BTreeMap<String, String>, backends: Backends, limits: Limits) -> Arc<Self> {
-        Self::build(name.into(), config, backends, limits, Grants::unrestricted())
+    pub fn new(
+        name: impl Into<String>,
+        config: BTreeMap<String, String>,
+        backends: Backends,
+        limits: Limits,
+    ) -> Arc<Self> {
+        Self::build(
+            name.into(),
+            config,
+            backends,
+            limits,
+            Grants::unrestricted(),
+        )
     }
 
     /// An environment limited to `grants`; logs them once.
@@ -67,7 +78,13 @@ impl HandlerEnv {
         Self::build(name, config, backends, limits, grants)
     }
 
-    fn build(name: String, config: BTreeMap<String, String>, backends: Backends, limits: Limits, grants: Grants) -> Arc<Self> {
+    fn build(
+        name: String,
+        config: BTreeMap<String, String>,
+        backends: Backends,
+        limits: Limits,
+        grants: Grants,
+    ) -> Arc<Self> {
         Arc::new(HandlerEnv {
             name,
             config,

@@ -61,7 +61,11 @@ struct Target {
     #[arg(long, conflicts_with_all = ["nats", "stream", "subject"])]
     config: Option<PathBuf>,
     /// The NATS server (without --config).
-    #[arg(long, default_value = "nats://127.0.0.1:4222", env = "SWITCHYARD_NATS_URL")]
+    #[arg(
+        long,
+        default_value = "nats://127.0.0.1:4222",
+        env = "SWITCHYARD_NATS_URL"
+    )]
     nats: String,
     /// The dead-letter stream (without --config).
     #[arg(long, default_value = "SWITCHYARD_DEAD_LETTERS")]
@@ -106,8 +110,16 @@ pub fn run(args: DlqArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         match args.command {
-            DlqCommand::List { target, filter, json } => list(&target, filter.as_deref(), json).await,
-            DlqCommand::Replay { target, filter, limit } => replay(&target, filter.as_deref(), limit).await,
+            DlqCommand::List {
+                target,
+                filter,
+                json,
+            } => list(&target, filter.as_deref(), json).await,
+            DlqCommand::Replay {
+                target,
+                filter,
+                limit,
+            } => replay(&target, filter.as_deref(), limit).await,
         }
     })
 }
@@ -146,7 +158,9 @@ async fn list(target: &Target, filter: Option<&str>, json: bool) -> anyhow::Resu
                 "{:>8}  {:>9}  {:>10}  {:<19}  {:<32}  {}",
                 letter.sequence,
                 age(letter.dead_lettered_at),
-                letter.delivery_count.map_or_else(|| "?".to_string(), |n| n.to_string()),
+                letter
+                    .delivery_count
+                    .map_or_else(|| "?".to_string(), |n| n.to_string()),
                 short_digest(&letter.plugin_digest),
                 letter.original_subject,
                 clip(&letter.reason, REASON_COLUMN),
@@ -154,7 +168,9 @@ async fn list(target: &Target, filter: Option<&str>, json: bool) -> anyhow::Resu
         }
     }
     if !json {
-        let matching = filter.map(|f| format!(" ({shown} matching {f:?})")).unwrap_or_default();
+        let matching = filter
+            .map(|f| format!(" ({shown} matching {f:?})"))
+            .unwrap_or_default();
         println!(
             "\n{seen} dead letters of handler `{}`{matching} in stream {} on {}",
             target.handler, source.stream, source.subject
@@ -163,17 +179,28 @@ async fn list(target: &Target, filter: Option<&str>, json: bool) -> anyhow::Resu
     Ok(ExitCode::SUCCESS)
 }
 
-async fn replay(target: &Target, filter: Option<&str>, limit: Option<u64>) -> anyhow::Result<ExitCode> {
+async fn replay(
+    target: &Target,
+    filter: Option<&str>,
+    limit: Option<u64>,
+) -> anyhow::Result<ExitCode> {
     let (url, source) = target.resolve()?;
     let js = connect(&url).await?;
-    let report = jetstream::replay_dead_letters(&js, &source, filter, limit, |letter, result| match result {
-        Ok(sequence) => println!(
-            "replayed dead letter {} to {} (sequence {sequence}); deleted",
-            letter.sequence, letter.original_subject
-        ),
-        Err(line) => eprintln!("switchyard: {line}"),
-    })
-    .await?;
+    let report =
+        jetstream::replay_dead_letters(
+            &js,
+            &source,
+            filter,
+            limit,
+            |letter, result| match result {
+                Ok(sequence) => println!(
+                    "replayed dead letter {} to {} (sequence {sequence}); deleted",
+                    letter.sequence, letter.original_subject
+                ),
+                Err(line) => eprintln!("switchyard: {line}"),
+            },
+        )
+        .await?;
     println!(
         "{} replayed, {} failed, {} replayed but not deleted; {} read, {} matching",
         report.replayed,
@@ -205,7 +232,10 @@ fn short_digest(digest: &str) -> &str {
 }
 
 fn age(at: SystemTime) -> String {
-    let seconds = SystemTime::now().duration_since(at).unwrap_or_default().as_secs();
+    let seconds = SystemTime::now()
+        .duration_since(at)
+        .unwrap_or_default()
+        .as_secs();
     match seconds {
         0..60 => format!("{seconds}s"),
         60..3600 => format!("{}m{:02}s", seconds / 60, seconds % 60),

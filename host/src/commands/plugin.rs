@@ -19,10 +19,15 @@ use switchyard::runtime::{Runtime, RuntimeConfig};
 #[derive(Args)]
 pub struct Connection {
     /// A service configuration file: its NATS URL and bucket names are used.
-    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    #[arg(long, global = true, env = "SWITCHYARD_CONFIG")]
     config: Option<PathBuf>,
     /// The NATS server, when no --config is given.
-    #[arg(long, default_value = "nats://127.0.0.1:4222", env = "SWITCHYARD_NATS_URL")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "nats://127.0.0.1:4222",
+        env = "SWITCHYARD_NATS_URL"
+    )]
     nats: String,
 }
 
@@ -38,7 +43,8 @@ impl Connection {
                     "url = {:?}\nstream = \"UNUSED\"\nstream_subjects = [\"unused.>\"]\n",
                     self.nats
                 );
-                let nats: NatsConfig = toml::from_str(&toml).context("building the NATS settings")?;
+                let nats: NatsConfig =
+                    toml::from_str(&toml).context("building the NATS settings")?;
                 Ok((nats, None))
             }
         }
@@ -111,7 +117,11 @@ fn describe(version: &Version) -> String {
         "{}  {:>8} bytes  {}  {} ago by {}",
         version.digest,
         version.size,
-        if version.fixtures { "fixtures" } else { "        " },
+        if version.fixtures {
+            "fixtures"
+        } else {
+            "        "
+        },
         humantime::format_duration(Duration::from_secs(age.as_secs())),
         version.pushed_by
     )
@@ -123,20 +133,39 @@ pub fn run(args: PluginArgs) -> anyhow::Result<ExitCode> {
         let client = connect(&nats).await?;
         let control = ControlPlane::open(&async_nats::jetstream::new(client), &nats).await?;
         match args.command {
-            PluginCommand::Push { name, file, fixtures, shadow } => {
-                let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            PluginCommand::Push {
+                name,
+                file,
+                fixtures,
+                shadow,
+            } => {
+                let bytes = std::fs::read(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
                 let fixtures_text = match &fixtures {
-                    Some(path) => Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?),
+                    Some(path) => Some(
+                        std::fs::read(path)
+                            .with_context(|| format!("cannot read {}", path.display()))?,
+                    ),
                     None => None,
                 };
                 let plugin_config = config
                     .as_ref()
-                    .and_then(|c| c.handlers.iter().find(|h| h.plugin_object.as_deref() == Some(name.as_str()) || h.name == name))
+                    .and_then(|c| {
+                        c.handlers.iter().find(|h| {
+                            h.plugin_object.as_deref() == Some(name.as_str()) || h.name == name
+                        })
+                    })
                     .map(|h| h.config.clone())
                     .unwrap_or_default();
                 validate(&bytes, fixtures_text.as_deref(), plugin_config).await?;
-                let version = control.push(&name, &bytes, fixtures_text.as_deref(), shadow).await?;
-                let role = if shadow { "shadow candidate" } else { "live version" };
+                let version = control
+                    .push(&name, &bytes, fixtures_text.as_deref(), shadow)
+                    .await?;
+                let role = if shadow {
+                    "shadow candidate"
+                } else {
+                    "live version"
+                };
                 println!("{name}: {} is now the {role}", version.digest);
             }
             PluginCommand::History { name } => {
@@ -166,7 +195,11 @@ pub fn run(args: PluginArgs) -> anyhow::Result<ExitCode> {
 
 /// What every host will check, checked before anything is stored: the
 /// component compiles, fits the world and passes its fixtures.
-async fn validate(bytes: &[u8], fixtures: Option<&[u8]>, config: BTreeMap<String, String>) -> anyhow::Result<()> {
+async fn validate(
+    bytes: &[u8],
+    fixtures: Option<&[u8]>,
+    config: BTreeMap<String, String>,
+) -> anyhow::Result<()> {
     let runtime = Arc::new(Runtime::new(RuntimeConfig {
         max_instances: 4,
         ..RuntimeConfig::default()
@@ -190,13 +223,21 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let (nats, _) = args.connection.resolve()?;
     block_on(async move {
         let client = connect(&nats).await?;
-        let hosts = gather_status(&client, &format!("{}.status", nats.control_subject), args.wait).await?;
+        let hosts = gather_status(
+            &client,
+            &format!("{}.status", nats.control_subject),
+            args.wait,
+        )
+        .await?;
         if args.json {
             println!("{}", serde_json::to_string(&hosts)?);
             return Ok(ExitCode::SUCCESS);
         }
         if hosts.is_empty() {
-            println!("no host answered on {}.status within {:?}", nats.control_subject, args.wait);
+            println!(
+                "no host answered on {}.status within {:?}",
+                nats.control_subject, args.wait
+            );
         }
         for host in &hosts {
             println!("{} (pid {})", host.host, host.pid);
@@ -208,7 +249,11 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                         let ok = r.get("ok").and_then(|v| v.as_bool()).unwrap_or(false);
                         let digest = r.get("digest").and_then(|v| v.as_str()).unwrap_or("?");
                         let reason = r.get("reason").and_then(|v| v.as_str()).unwrap_or("");
-                        if ok { format!("last reload ok ({digest})") } else { format!("last reload REFUSED ({digest}): {reason}") }
+                        if ok {
+                            format!("last reload ok ({digest})")
+                        } else {
+                            format!("last reload REFUSED ({digest}): {reason}")
+                        }
                     })
                     .unwrap_or_else(|| "no reload yet".into());
                 println!(
@@ -228,7 +273,11 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                         shadow.digest,
                         shadow.compared,
                         shadow.differing,
-                        shadow.last_difference.as_ref().map(|d| format!("; last: {d}")).unwrap_or_default()
+                        shadow
+                            .last_difference
+                            .as_ref()
+                            .map(|d| format!("; last: {d}"))
+                            .unwrap_or_default()
                     );
                 }
             }

@@ -15,7 +15,11 @@ pub struct PublishArgs {
     #[arg(long)]
     events: PathBuf,
     /// The NATS server.
-    #[arg(long, default_value = "nats://127.0.0.1:4222", env = "SWITCHYARD_NATS_URL")]
+    #[arg(
+        long,
+        default_value = "nats://127.0.0.1:4222",
+        env = "SWITCHYARD_NATS_URL"
+    )]
     nats: String,
 }
 

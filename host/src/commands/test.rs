@@ -77,7 +77,10 @@ fn read_seed(path: &PathBuf) -> anyhow::Result<BTreeMap<String, String>> {
     let value: Json = serde_json::from_str(&text)
         .with_context(|| format!("cache file {} is not JSON", path.display()))?;
     let Json::Object(map) = value else {
-        bail!("cache file {}: expected a JSON object of key to value", path.display());
+        bail!(
+            "cache file {}: expected a JSON object of key to value",
+            path.display()
+        );
     };
     map.into_iter()
         .map(|(key, value)| {
@@ -123,7 +126,11 @@ fn table(isolation: &Isolation) -> String {
     );
     let deleted: u64 = results.iter().map(|r| r.effects.keys_deleted).sum();
     let keys = isolation.cache().keys();
-    let _ = writeln!(out, "cache: {deleted} keys deleted, {} keys left", keys.len());
+    let _ = writeln!(
+        out,
+        "cache: {deleted} keys deleted, {} keys left",
+        keys.len()
+    );
     for key in keys.iter().take(20) {
         let _ = writeln!(out, "  {key}");
     }
@@ -132,7 +139,12 @@ fn table(isolation: &Isolation) -> String {
     }
     let nodes = isolation.graph().nodes();
     let relations = isolation.graph().relations();
-    let _ = writeln!(out, "graph: {} nodes, {} relations", nodes.len(), relations.len());
+    let _ = writeln!(
+        out,
+        "graph: {} nodes, {} relations",
+        nodes.len(),
+        relations.len()
+    );
     for node in nodes.iter().take(20) {
         let _ = writeln!(out, "  ({}:{})", node.label, node.id);
     }

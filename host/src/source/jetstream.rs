@@ -169,7 +169,12 @@ pub async fn ensure_streams(js: &Context, config: &NatsConfig) -> anyhow::Result
         ..Default::default()
     })
     .await
-    .with_context(|| format!("cannot create or open dead-letter stream {}", config.dead_letter_stream))?;
+    .with_context(|| {
+        format!(
+            "cannot create or open dead-letter stream {}",
+            config.dead_letter_stream
+        )
+    })?;
     Ok(())
 }
 
@@ -215,7 +220,12 @@ pub async fn start(
                 )
             })?,
         };
-        let flow = Flow::new(js.clone(), handler.clone(), shared.clone(), shutdown.clone());
+        let flow = Flow::new(
+            js.clone(),
+            handler.clone(),
+            shared.clone(),
+            shutdown.clone(),
+        );
         tracing::info!(
             handler = %handler.name(),
             durable = %handler.config.durable,
@@ -297,7 +307,11 @@ impl Pointer {
                     match chars.next() {
                         Some('0') => token.push('~'),
                         Some('1') => token.push('/'),
-                        _ => return Err(format!("JSON pointer `{text}`: `~` must be followed by 0 or 1")),
+                        _ => {
+                            return Err(format!(
+                                "JSON pointer `{text}`: `~` must be followed by 0 or 1"
+                            ));
+                        }
                     }
                 } else {
                     token.push(c);
@@ -318,7 +332,11 @@ impl Pointer {
     /// built, however large or deeply nested.
     pub fn resolve(&self, payload: &[u8]) -> Option<String> {
         let mut deserializer = serde_json::Deserializer::from_slice(payload);
-        let found = Walk { tokens: &self.tokens }.deserialize(&mut deserializer).ok()?;
+        let found = Walk {
+            tokens: &self.tokens,
+        }
+        .deserialize(&mut deserializer)
+        .ok()?;
         deserializer.end().ok()?;
         found
     }
@@ -537,7 +555,10 @@ impl KeepAlive {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                match client.publish(reply.clone(), bytes::Bytes::from_static(b"+WPI")).await {
+                match client
+                    .publish(reply.clone(), bytes::Bytes::from_static(b"+WPI"))
+                    .await
+                {
                     Ok(()) => tracing::debug!(reply = %reply, "in-progress ack sent"),
                     Err(error) => tracing::debug!(%error, "in-progress ack not sent"),
                 }
@@ -578,7 +599,12 @@ enum Step {
 }
 
 impl Flow {
-    fn new(js: Context, handler: Arc<Handler>, shared: Arc<Shared>, shutdown: CancellationToken) -> Arc<Self> {
+    fn new(
+        js: Context,
+        handler: Arc<Handler>,
+        shared: Arc<Shared>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         let order = OrderKey::of(&handler.config);
         let concurrency = handler.config.concurrency;
         let hold_capacity = match order {
@@ -846,13 +872,16 @@ async fn consume(flow: Arc<Flow>, consumer: PullConsumer) {
     // Drain: every hold slot back means every held message was settled.
     let grace = flow.handler.config.drain_grace;
     let all = flow.hold_capacity;
-    let drained = tokio::time::timeout_at((stopping_at + grace).into(), flow.hold.acquire_many(all)).await;
+    let drained =
+        tokio::time::timeout_at((stopping_at + grace).into(), flow.hold.acquire_many(all)).await;
     let drained = match drained {
         Ok(_) => true,
         Err(_) => {
             tracing::warn!(handler = %name, ?grace, "drain grace period over; stopping the events still running and nak'ing them");
             flow.abort.cancel();
-            tokio::time::timeout(SETTLE_TIMEOUT, flow.hold.acquire_many(all)).await.is_ok()
+            tokio::time::timeout(SETTLE_TIMEOUT, flow.hold.acquire_many(all))
+                .await
+                .is_ok()
         }
     };
     // Settlements are publishes: make sure they left this process.
@@ -870,7 +899,9 @@ async fn consume(flow: Arc<Flow>, consumer: PullConsumer) {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn millis_since_epoch(time: SystemTime) -> u64 {
@@ -992,7 +1023,10 @@ async fn run_event(flow: &Flow, held: &Held, attempt: u32, in_place: bool) -> St
 }
 
 fn one_line(reason: &str) -> String {
-    let mut line: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let mut line: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     if line.len() > MAX_REASON_BYTES {
         let mut end = MAX_REASON_BYTES;
         while !line.is_char_boundary(end) {
@@ -1037,7 +1071,10 @@ async fn dead_letter(
     headers.insert(headers::DELIVERY_COUNT, attempt.to_string().as_str());
     headers.insert(headers::ORIGINAL_SUBJECT, message.subject.as_str());
     headers.insert(headers::ORIGINAL_STREAM, shared.config.nats.stream.as_str());
-    headers.insert(headers::ORIGINAL_SEQUENCE, held.sequence.to_string().as_str());
+    headers.insert(
+        headers::ORIGINAL_SEQUENCE,
+        held.sequence.to_string().as_str(),
+    );
     headers.insert(
         headers::DEAD_LETTERED_AT,
         millis_since_epoch(SystemTime::now()).to_string().as_str(),
@@ -1049,7 +1086,11 @@ async fn dead_letter(
         headers.insert(headers::PAYLOAD_OMITTED, payload.len().to_string().as_str());
         payload = bytes::Bytes::new();
     }
-    let subject = format!("{}.{}", shared.config.nats.dead_letter_subject, handler.name());
+    let subject = format!(
+        "{}.{}",
+        shared.config.nats.dead_letter_subject,
+        handler.name()
+    );
     let published = async {
         js.publish_with_headers(subject.clone(), headers, payload)
             .await?
@@ -1117,7 +1158,9 @@ impl DeadLetter {
                     .iter()
                     .filter(|(name, _)| !is_switchyard_header(&name.to_string()))
                     .flat_map(|(name, values)| {
-                        values.iter().map(move |v| (name.to_string(), v.as_str().to_string()))
+                        values
+                            .iter()
+                            .map(move |v| (name.to_string(), v.as_str().to_string()))
                     })
                     .collect()
             })
@@ -1154,7 +1197,8 @@ impl DeadLetter {
 }
 
 fn is_switchyard_header(name: &str) -> bool {
-    name.len() >= headers::PREFIX.len() && name[..headers::PREFIX.len()].eq_ignore_ascii_case(headers::PREFIX)
+    name.len() >= headers::PREFIX.len()
+        && name[..headers::PREFIX.len()].eq_ignore_ascii_case(headers::PREFIX)
 }
 
 /// Headers that steer the publish itself and must not travel with a
@@ -1203,14 +1247,21 @@ impl DeadLetterReader {
             })
             .await
             .with_context(|| format!("cannot read {} from {}", source.subject, source.stream))?;
-        let remaining = consumer.info().await.map(|i| i.num_pending).unwrap_or_default();
+        let remaining = consumer
+            .info()
+            .await
+            .map(|i| i.num_pending)
+            .unwrap_or_default();
         if remaining == 0 {
             return Ok(DeadLetterReader {
                 messages: None,
                 remaining,
             });
         }
-        let messages = consumer.messages().await.context("cannot read dead letters")?;
+        let messages = consumer
+            .messages()
+            .await
+            .context("cannot read dead letters")?;
         Ok(DeadLetterReader {
             messages: Some(messages),
             remaining,
@@ -1247,7 +1298,10 @@ impl DeadLetterReader {
 }
 
 /// Every dead letter of one handler, oldest first.
-pub async fn dead_letters(js: &Context, source: &DeadLetterSource) -> anyhow::Result<Vec<DeadLetter>> {
+pub async fn dead_letters(
+    js: &Context,
+    source: &DeadLetterSource,
+) -> anyhow::Result<Vec<DeadLetter>> {
     let mut reader = DeadLetterReader::open(js, source).await?;
     let mut letters = Vec::new();
     while let Some(letter) = reader.next().await? {
@@ -1291,7 +1345,9 @@ pub async fn replay_dead_letters(
     let mut reader = DeadLetterReader::open(js, source).await?;
     let mut report = ReplayReport::default();
     while !limit.is_some_and(|limit| report.matched >= limit) {
-        let Some(letter) = reader.next().await? else { break };
+        let Some(letter) = reader.next().await? else {
+            break;
+        };
         report.seen += 1;
         if filter.is_some_and(|text| !letter.matches(text)) {
             continue;
@@ -1305,7 +1361,10 @@ pub async fn replay_dead_letters(
                 }
                 Err(error) => {
                     report.not_deleted += 1;
-                    let line = format!("dead letter {} replayed but not deleted: {error}", letter.sequence);
+                    let line = format!(
+                        "dead letter {} replayed but not deleted: {error}",
+                        letter.sequence
+                    );
                     on_each(&letter, Err(&line));
                     report.failures.push(line);
                 }
@@ -1323,7 +1382,10 @@ pub async fn replay_dead_letters(
 /// Publishes one dead letter back; returns the sequence the replay got.
 async fn replay_one(js: &Context, letter: &DeadLetter) -> anyhow::Result<u64> {
     if letter.original_subject.is_empty() {
-        anyhow::bail!("no {} header: not a Switchyard dead letter", headers::ORIGINAL_SUBJECT);
+        anyhow::bail!(
+            "no {} header: not a Switchyard dead letter",
+            headers::ORIGINAL_SUBJECT
+        );
     }
     let payload = match letter.payload_omitted {
         None => letter.payload.clone(),
@@ -1334,7 +1396,12 @@ async fn replay_one(js: &Context, letter: &DeadLetter) -> anyhow::Result<u64> {
             let stream = js
                 .get_stream(&letter.original_stream)
                 .await
-                .with_context(|| format!("payload omitted; cannot open stream {}", letter.original_stream))?;
+                .with_context(|| {
+                    format!(
+                        "payload omitted; cannot open stream {}",
+                        letter.original_stream
+                    )
+                })?;
             let original = stream.get_raw_message(sequence).await.with_context(|| {
                 format!(
                     "payload omitted and {} sequence {sequence} is gone",
@@ -1355,9 +1422,17 @@ async fn replay_one(js: &Context, letter: &DeadLetter) -> anyhow::Result<u64> {
         .await
         .with_context(|| format!("cannot publish to {}", letter.original_subject))?
         .await
-        .with_context(|| format!("no stream acknowledged the publish to {}", letter.original_subject))?;
+        .with_context(|| {
+            format!(
+                "no stream acknowledged the publish to {}",
+                letter.original_subject
+            )
+        })?;
     if ack.duplicate {
-        anyhow::bail!("the stream {} dropped the replay as a duplicate", ack.stream);
+        anyhow::bail!(
+            "the stream {} dropped the replay as a duplicate",
+            ack.stream
+        );
     }
     Ok(ack.sequence)
 }
@@ -1382,19 +1457,36 @@ mod tests {
     #[test]
     fn first_matching_pointer_gives_the_key() {
         let key = pointers(&["/payload/story_id", "/story_id"]);
-        assert_eq!(key.extract("s", br#"{"story_id": "S1"}"#).as_deref(), Some("S1"));
         assert_eq!(
-            key.extract("s", br#"{"story_id": "OUT", "payload": {"story_id": "IN"}}"#).as_deref(),
+            key.extract("s", br#"{"story_id": "S1"}"#).as_deref(),
+            Some("S1")
+        );
+        assert_eq!(
+            key.extract(
+                "s",
+                br#"{"story_id": "OUT", "payload": {"story_id": "IN"}}"#
+            )
+            .as_deref(),
             Some("IN")
         );
-        assert_eq!(key.extract("s", br#"{"payload": {"story_id": 42}}"#).as_deref(), Some("42"));
+        assert_eq!(
+            key.extract("s", br#"{"payload": {"story_id": 42}}"#)
+                .as_deref(),
+            Some("42")
+        );
         // null, objects and arrays are no key; the next pointer is tried.
         assert_eq!(
-            key.extract("s", br#"{"payload": {"story_id": null}, "story_id": "S2"}"#).as_deref(),
+            key.extract("s", br#"{"payload": {"story_id": null}, "story_id": "S2"}"#)
+                .as_deref(),
             Some("S2")
         );
         assert_eq!(key.extract("s", br#"{"story_id": {"x": 1}}"#), None);
-        assert_eq!(pointers(&["/items/1"]).extract("s", br#"{"items": ["a", "b"]}"#).as_deref(), Some("b"));
+        assert_eq!(
+            pointers(&["/items/1"])
+                .extract("s", br#"{"items": ["a", "b"]}"#)
+                .as_deref(),
+            Some("b")
+        );
     }
 
     #[test]
@@ -1410,7 +1502,11 @@ mod tests {
     #[test]
     fn deep_nesting_outside_the_path_is_skipped_without_recursion() {
         let key = pointers(&["/story_id"]);
-        let deep = format!(r#"{{"extra": {}{}, "story_id": "S1"}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        let deep = format!(
+            r#"{{"extra": {}{}, "story_id": "S1"}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
         assert_eq!(key.extract("s", deep.as_bytes()).as_deref(), Some("S1"));
         let top = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(key.extract("s", top.as_bytes()), None);
@@ -1419,7 +1515,11 @@ mod tests {
     #[test]
     fn subject_token_gives_the_key() {
         let key = OrderKey::SubjectToken(2);
-        assert_eq!(key.extract("planning.story.S1.transitioned", b"").as_deref(), Some("S1"));
+        assert_eq!(
+            key.extract("planning.story.S1.transitioned", b"")
+                .as_deref(),
+            Some("S1")
+        );
         assert_eq!(key.extract("planning.story", b""), None);
     }
 

@@ -45,8 +45,17 @@ fn invalidates_bare_key_and_role_keys_but_not_lookalikes() {
         "other:S1",
         "context:",
     ]);
-    plugin.send_json(SUBJECT, flat("S1", "t1")).assert_ack().assert_deleted(3);
-    plugin.assert_keys(["context:S10", "context:S1x", "context:S1x:developer", "other:S1", "context:"]);
+    plugin
+        .send_json(SUBJECT, flat("S1", "t1"))
+        .assert_ack()
+        .assert_deleted(3);
+    plugin.assert_keys([
+        "context:S10",
+        "context:S1x",
+        "context:S1x:developer",
+        "other:S1",
+        "context:",
+    ]);
 }
 
 #[test]
@@ -60,15 +69,23 @@ fn story_id_with_glob_specials_is_matched_literally() {
         "context:a*[b]?\\cd:dev".to_string(),
         "context:ab:dev".to_string(),
     ]);
-    plugin.send_json(SUBJECT, flat(id, "t1")).assert_ack().assert_deleted(2);
+    plugin
+        .send_json(SUBJECT, flat(id, "t1"))
+        .assert_ack()
+        .assert_deleted(2);
     plugin.assert_keys(["context:aXbc", "context:a*[b]?\\cd:dev", "context:ab:dev"]);
 }
 
 #[test]
 fn key_prefix_comes_from_config() {
-    let mut plugin = Harness::load(STORY_TRANSITIONS).config("key_prefix", "ctx/").start();
+    let mut plugin = Harness::load(STORY_TRANSITIONS)
+        .config("key_prefix", "ctx/")
+        .start();
     plugin.seed_keys(["ctx/S1", "ctx/S1:dev", "context:S1"]);
-    plugin.send_json(SUBJECT, flat("S1", "t1")).assert_ack().assert_deleted(2);
+    plugin
+        .send_json(SUBJECT, flat("S1", "t1"))
+        .assert_ack()
+        .assert_deleted(2);
     plugin.assert_keys(["context:S1"]);
 }
 
@@ -96,8 +113,16 @@ fn accepts_every_payload_shape_with_normalised_properties() {
     for (node, payload) in shapes {
         plugin.send_json(SUBJECT, payload).assert_ack();
         let stored = plugin.assert_node("PhaseTransition", node);
-        assert_eq!(stored.properties["from_phase"], Value::Text("DESIGN".into()), "{node}");
-        assert_eq!(stored.properties["to_phase"], Value::Text("BUILD".into()), "{node}");
+        assert_eq!(
+            stored.properties["from_phase"],
+            Value::Text("DESIGN".into()),
+            "{node}"
+        );
+        assert_eq!(
+            stored.properties["to_phase"],
+            Value::Text("BUILD".into()),
+            "{node}"
+        );
         assert!(matches!(&stored.properties["story_id"], Value::Text(_)));
         assert!(matches!(&stored.properties["timestamp"], Value::Text(_)));
     }
@@ -108,8 +133,14 @@ fn accepts_every_payload_shape_with_normalised_properties() {
 fn redelivery_writes_no_second_node() {
     let mut plugin = plugin();
     plugin.seed_keys(["context:S1"]);
-    plugin.send_json(SUBJECT, flat("S1", "t1")).assert_ack().assert_deleted(1);
-    plugin.send_json(SUBJECT, flat("S1", "t1")).assert_ack().assert_deleted(0);
+    plugin
+        .send_json(SUBJECT, flat("S1", "t1"))
+        .assert_ack()
+        .assert_deleted(1);
+    plugin
+        .send_json(SUBJECT, flat("S1", "t1"))
+        .assert_ack()
+        .assert_deleted(0);
     plugin.assert_node_count("PhaseTransition", 1);
 }
 
@@ -122,10 +153,30 @@ fn rejects_bad_payloads_with_a_reason_and_no_side_effects() {
         (vec![0xff, 0xfe, b'{'], "UTF-8"),
         (b"[1,2]".to_vec(), "array"),
         (b"\"S1\"".to_vec(), "string"),
-        (json!({"from_phase": "A", "timestamp": "t"}).to_string().into_bytes(), "story_id"),
-        (json!({"story_id": "", "timestamp": "t"}).to_string().into_bytes(), "story_id"),
-        (json!({"story_id": 7, "timestamp": "t"}).to_string().into_bytes(), "story_id"),
-        (json!({"event_type": "planning.story.transitioned", "payload": 3}).to_string().into_bytes(), "payload"),
+        (
+            json!({"from_phase": "A", "timestamp": "t"})
+                .to_string()
+                .into_bytes(),
+            "story_id",
+        ),
+        (
+            json!({"story_id": "", "timestamp": "t"})
+                .to_string()
+                .into_bytes(),
+            "story_id",
+        ),
+        (
+            json!({"story_id": 7, "timestamp": "t"})
+                .to_string()
+                .into_bytes(),
+            "story_id",
+        ),
+        (
+            json!({"event_type": "planning.story.transitioned", "payload": 3})
+                .to_string()
+                .into_bytes(),
+            "payload",
+        ),
         ("[".repeat(10_000).into_bytes(), "JSON"),
     ];
     for (payload, needle) in cases {
@@ -146,7 +197,10 @@ fn unavailable_backend_retries_with_a_delay_that_grows_per_attempt() {
     let delays: Vec<_> = (1..=4)
         .map(|attempt| {
             plugin
-                .send_attempt(switchyard_testing::EventSpec::json(SUBJECT, &flat("S1", "t1")), attempt)
+                .send_attempt(
+                    switchyard_testing::EventSpec::json(SUBJECT, &flat("S1", "t1")),
+                    attempt,
+                )
                 .assert_retry()
                 .expect("the plugin chooses its own delay")
         })
@@ -155,7 +209,10 @@ fn unavailable_backend_retries_with_a_delay_that_grows_per_attempt() {
     plugin.assert_keys(["context:S1"]);
 
     plugin.cache_unavailable(false);
-    plugin.send_json(SUBJECT, flat("S1", "t1")).assert_ack().assert_deleted(1);
+    plugin
+        .send_json(SUBJECT, flat("S1", "t1"))
+        .assert_ack()
+        .assert_deleted(1);
     plugin.assert_keys(Vec::<String>::new());
 
     plugin.graph_unavailable(true);

@@ -271,12 +271,19 @@ impl Host {
     async fn ready(&self, timeout: Duration) {
         let started = Instant::now();
         while started.elapsed() < timeout {
-            if http(&self.listen, "/readyz").await.is_some_and(|(status, _)| status == 200) {
+            if http(&self.listen, "/readyz")
+                .await
+                .is_some_and(|(status, _)| status == 200)
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("host {} not ready within {timeout:?}; see {}", self.name, self.log.display());
+        panic!(
+            "host {} not ready within {timeout:?}; see {}",
+            self.name,
+            self.log.display()
+        );
     }
 
     fn alive(&mut self) -> bool {
@@ -291,7 +298,10 @@ impl Host {
     /// SIGTERM; the exit code, or `None` if it did not exit within `timeout`.
     async fn terminate(&mut self, timeout: Duration) -> Option<i32> {
         let pid = self.child.id()?;
-        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
         match tokio::time::timeout(timeout, self.child.wait()).await {
             Ok(Ok(status)) => Some(status.code().unwrap_or(-1)),
             _ => {
@@ -307,15 +317,22 @@ async fn http(address: &str, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let attempt = async {
         let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut response = String::new();
         stream.read_to_string(&mut response).await.ok()?;
         let status = response.split_whitespace().nth(1)?.parse().ok()?;
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         Some((status, body))
     };
-    tokio::time::timeout(Duration::from_secs(2), attempt).await.ok().flatten()
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Events acked or dead-lettered so far by the host serving `/metrics` at `address`.
@@ -348,12 +365,16 @@ struct LogStats {
 fn read_logs(paths: &[PathBuf]) -> LogStats {
     let mut stats = LogStats::default();
     for path in paths {
-        let Ok(text) = std::fs::read_to_string(path) else { continue };
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue;
+        };
         for line in text.lines() {
             if line.contains("panicked") {
                 stats.panics += 1;
             }
-            let Ok(entry) = serde_json::from_str::<Json>(line) else { continue };
+            let Ok(entry) = serde_json::from_str::<Json>(line) else {
+                continue;
+            };
             let message = entry["fields"]["message"].as_str().unwrap_or_default();
             if message == "consumer drained" {
                 stats.drained += 1;
@@ -361,17 +382,26 @@ fn read_logs(paths: &[PathBuf]) -> LogStats {
             if message != "event handled" {
                 continue;
             }
-            let outcome = entry["fields"]["outcome"].as_str().unwrap_or_default().to_string();
+            let outcome = entry["fields"]["outcome"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let span = &entry["span"];
             let handler = span["handler"].as_str().unwrap_or_default().to_string();
-            let Some(sequence) = span["sequence"].as_u64() else { continue };
+            let Some(sequence) = span["sequence"].as_u64() else {
+                continue;
+            };
             if outcome == "ack" {
                 *stats.acked.entry((handler.clone(), sequence)).or_default() += 1;
             }
             if span["attempt"].as_u64().is_some_and(|attempt| attempt > 1) {
                 stats.redelivered.insert((handler.clone(), sequence));
             }
-            stats.outcomes.entry((handler, sequence)).or_default().push(outcome);
+            stats
+                .outcomes
+                .entry((handler, sequence))
+                .or_default()
+                .push(outcome);
         }
     }
     stats
@@ -380,7 +410,10 @@ fn read_logs(paths: &[PathBuf]) -> LogStats {
 impl LogStats {
     /// Events that were acked more than once (their effects re-applied).
     fn rehandled(&self) -> u64 {
-        self.acked.values().map(|&n| u64::from(n.saturating_sub(1))).sum()
+        self.acked
+            .values()
+            .map(|&n| u64::from(n.saturating_sub(1)))
+            .sum()
     }
 }
 
@@ -396,7 +429,13 @@ async fn publish_all(js: &Context, subject: &str, id: &str, payloads: &[Bytes]) 
 /// [`publish_all`], at most `rate` events a second when given. A chunk
 /// whose publishes are not all acknowledged is sent again (after a pause)
 /// before the next one, so events reach the stream roughly in order.
-async fn publish_paced(js: &Context, subject: &str, id: &str, payloads: &[Bytes], rate: Option<u32>) -> Vec<u64> {
+async fn publish_paced(
+    js: &Context,
+    subject: &str,
+    id: &str,
+    payloads: &[Bytes],
+    rate: Option<u32>,
+) -> Vec<u64> {
     let mut sequences = vec![0u64; payloads.len()];
     let started = Instant::now();
     let chunk_size = rate.map_or(256, |r| (r as usize / 20).max(1));
@@ -405,13 +444,19 @@ async fn publish_paced(js: &Context, subject: &str, id: &str, payloads: &[Bytes]
         let chunk_started = Instant::now();
         let mut pending: Vec<usize> = chunk.to_vec();
         while !pending.is_empty() {
-            assert!(started.elapsed() < Duration::from_secs(300), "could not publish for 300 s");
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "could not publish for 300 s"
+            );
             let mut acks = Vec::new();
             let mut failed = Vec::new();
             for &i in &pending {
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("Nats-Msg-Id", format!("{id}-{i}").as_str());
-                match js.publish_with_headers(subject.to_string(), headers, payloads[i].clone()).await {
+                match js
+                    .publish_with_headers(subject.to_string(), headers, payloads[i].clone())
+                    .await
+                {
                     Ok(ack) => acks.push((i, ack)),
                     Err(_) => failed.push(i),
                 }
@@ -458,8 +503,13 @@ async fn consumer_remaining(js: &Context, stream: &str, durables: &[String]) -> 
 }
 
 async fn consumer_redelivered(js: &Context, stream: &str, durable: &str) -> usize {
-    let Ok(stream) = js.get_stream(stream).await else { return usize::MAX };
-    stream.consumer_info(durable).await.map_or(usize::MAX, |i| i.num_redelivered)
+    let Ok(stream) = js.get_stream(stream).await else {
+        return usize::MAX;
+    };
+    stream
+        .consumer_info(durable)
+        .await
+        .map_or(usize::MAX, |i| i.num_redelivered)
 }
 
 /// Tracks the longest stretch without an ack or dead letter from any live
@@ -470,7 +520,12 @@ struct StallMonitor {
 }
 
 impl StallMonitor {
-    fn start(js: Context, stream: String, durables: Vec<String>, hosts: Arc<Mutex<Vec<String>>>) -> Self {
+    fn start(
+        js: Context,
+        stream: String,
+        durables: Vec<String>,
+        hosts: Arc<Mutex<Vec<String>>>,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let task = tokio::spawn(async move {
@@ -519,20 +574,29 @@ impl StallMonitor {
 
 async fn valkey() -> redis::aio::MultiplexedConnection {
     let client = redis::Client::open(valkey_db_url()).expect("Valkey URL");
-    client.get_multiplexed_async_connection().await.expect("Valkey connection")
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Valkey connection")
 }
 
 async fn flush_db() {
     let mut valkey = valkey().await;
-    let _: () = redis::cmd("FLUSHDB").query_async(&mut valkey).await.expect("FLUSHDB");
+    let _: () = redis::cmd("FLUSHDB")
+        .query_async(&mut valkey)
+        .await
+        .expect("FLUSHDB");
 }
 
 async fn dbsize() -> Option<u64> {
     let client = redis::Client::open(valkey_db_url()).ok()?;
-    let mut connection = tokio::time::timeout(Duration::from_secs(1), client.get_multiplexed_async_connection())
-        .await
-        .ok()?
-        .ok()?;
+    let mut connection = tokio::time::timeout(
+        Duration::from_secs(1),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .ok()?
+    .ok()?;
     redis::cmd("DBSIZE").query_async(&mut connection).await.ok()
 }
 
@@ -604,8 +668,14 @@ async fn neo4j() -> neo4rs::Graph {
 
 /// Messages in the dead-letter stream for `subject` (all handlers: `<subject>.>`).
 async fn dead_letter_count(js: &Context, names: &Names) -> u64 {
-    let Ok(mut stream) = js.get_stream(&names.dead_stream).await else { return 0 };
-    stream.info().await.map(|i| i.state.messages).unwrap_or_default()
+    let Ok(mut stream) = js.get_stream(&names.dead_stream).await else {
+        return 0;
+    };
+    stream
+        .info()
+        .await
+        .map(|i| i.state.messages)
+        .unwrap_or_default()
 }
 
 /// Waits until `done` is true; panics after `timeout` with the last state.
@@ -652,7 +722,10 @@ impl RowResult {
     }
 
     fn passed(&self) -> bool {
-        self.failures.is_empty() && self.lost == 0 && self.duplicated == 0 && self.dead_lettered == self.expected_dead
+        self.failures.is_empty()
+            && self.lost == 0
+            && self.duplicated == 0
+            && self.dead_lettered == self.expected_dead
     }
 }
 
@@ -744,7 +817,11 @@ impl Fleet {
         result.check(logs.panics == 0, format!("{} host panics", logs.panics));
         result.check(
             logs.drained >= self.hosts.len(),
-            format!("{} `consumer drained` lines from {} stopped hosts", logs.drained, self.hosts.len()),
+            format!(
+                "{} `consumer drained` lines from {} stopped hosts",
+                logs.drained,
+                self.hosts.len()
+            ),
         );
         eprintln!("  [{}] logs in {}", self.row, self.options_work.display());
     }
@@ -752,7 +829,11 @@ impl Fleet {
 
 async fn row_kill(options: &Options, js: &Context) -> RowResult {
     let graph = &neo4j().await;
-    let (total, kills) = if options.short { (2_000, 2) } else { (20_000, 5) };
+    let (total, kills) = if options.short {
+        (2_000, 2)
+    } else {
+        (20_000, 5)
+    };
     let per_story = 20;
     let stories_count = total / per_story;
     let names = Names::new("kill");
@@ -781,30 +862,50 @@ async fn row_kill(options: &Options, js: &Context) -> RowResult {
         })
         .map(|(t, i, s)| transition(&s, &format!("t{t:02}"), (i + t) % 2 == 0))
         .collect();
-    let monitor = StallMonitor::start(js.clone(), names.stream.clone(), vec![durable.clone()], fleet.addresses.clone());
+    let monitor = StallMonitor::start(
+        js.clone(),
+        names.stream.clone(),
+        vec![durable.clone()],
+        fleet.addresses.clone(),
+    );
     let publisher = {
-        let (js, subject, id, payloads) = (js.clone(), names.subject.clone(), names.id.clone(), payloads.clone());
+        let (js, subject, id, payloads) = (
+            js.clone(),
+            names.subject.clone(),
+            names.id.clone(),
+            payloads.clone(),
+        );
         tokio::spawn(async move { publish_all(&js, &subject, &id, &payloads).await })
     };
     // Kill at evenly spaced points of progress, alternating hosts.
     for k in 0..kills {
         let target = total as u64 * (k as u64 + 1) / (kills as u64 + 2);
-        wait_until(Duration::from_secs(600), "progress before a kill", || async {
-            let remaining = consumer_remaining(js, &names.stream, std::slice::from_ref(&durable)).await;
-            let published = js
-                .get_stream(&names.stream)
-                .await
-                .ok()
-                .map(|s| s.cached_info().state.messages)
-                .unwrap_or_default();
-            match remaining {
-                Some(r) if published >= target && published.saturating_sub(r) >= target => Ok(()),
-                other => Err(format!("remaining {other:?}, stored {published}")),
-            }
-        })
+        wait_until(
+            Duration::from_secs(600),
+            "progress before a kill",
+            || async {
+                let remaining =
+                    consumer_remaining(js, &names.stream, std::slice::from_ref(&durable)).await;
+                let published = js
+                    .get_stream(&names.stream)
+                    .await
+                    .ok()
+                    .map(|s| s.cached_info().state.messages)
+                    .unwrap_or_default();
+                match remaining {
+                    Some(r) if published >= target && published.saturating_sub(r) >= target => {
+                        Ok(())
+                    }
+                    other => Err(format!("remaining {other:?}, stored {published}")),
+                }
+            },
+        )
         .await;
         let index = k % 2;
-        eprintln!("  [kill] SIGKILL {} after ~{target} events", fleet.hosts[index].name);
+        eprintln!(
+            "  [kill] SIGKILL {} after ~{target} events",
+            fleet.hosts[index].name
+        );
         fleet.kill_and_replace(options, index).await;
     }
     publisher.await.expect("publisher");
@@ -818,18 +919,28 @@ async fn row_kill(options: &Options, js: &Context) -> RowResult {
         if nodes.len() == expected.len() && remaining == Some(0) {
             Ok(())
         } else {
-            Err(format!("{} of {} nodes, {remaining:?} outstanding", nodes.len(), expected.len()))
+            Err(format!(
+                "{} of {} nodes, {remaining:?} outstanding",
+                nodes.len(),
+                expected.len()
+            ))
         }
     })
     .await;
     result.max_stall = monitor.finish().await;
     let nodes = nodes_by_id(graph, &prefix).await.expect("nodes");
-    result.lost = expected.iter().filter(|id| !nodes.contains_key(*id)).count() as u64;
+    result.lost = expected
+        .iter()
+        .filter(|id| !nodes.contains_key(*id))
+        .count() as u64;
     let keys_left = stories_with_keys(&names.key_prefix, &stories).await;
     result.lost += keys_left;
     result.duplicated = nodes.values().map(|&c| (c - 1).max(0) as u64).sum();
     result.dead_lettered = dead_letter_count(js, &names).await;
-    result.check(keys_left == 0, format!("every story's keys invalidated ({keys_left} stories left)"));
+    result.check(
+        keys_left == 0,
+        format!("every story's keys invalidated ({keys_left} stories left)"),
+    );
     fleet.stop(&mut result).await;
     let logs = read_logs(&fleet.logs);
     result.checks.push(format!(
@@ -860,17 +971,40 @@ async fn row_nats(options: &Options, js: &Context) -> RowResult {
     fleet.spawn(options);
     fleet.ready().await;
     let payloads: Vec<Bytes> = (0..per_story)
-        .flat_map(|t| stories.iter().map(move |s| transition(s, &format!("t{t:02}"), t % 2 == 1)))
+        .flat_map(|t| {
+            stories
+                .iter()
+                .map(move |s| transition(s, &format!("t{t:02}"), t % 2 == 1))
+        })
         .collect();
-    let monitor = StallMonitor::start(js.clone(), names.stream.clone(), vec![durable.clone()], fleet.addresses.clone());
+    let monitor = StallMonitor::start(
+        js.clone(),
+        names.stream.clone(),
+        vec![durable.clone()],
+        fleet.addresses.clone(),
+    );
     // Paced so that the flow spans the restart: about 8 s of publishing,
     // the restart a third of the way in.
     let rate = (total / 8) as u32;
     let third = payloads.len() / 3;
-    publish_paced(js, &names.subject, &format!("{}-a", names.id), &payloads[..third], Some(rate)).await;
+    publish_paced(
+        js,
+        &names.subject,
+        &format!("{}-a", names.id),
+        &payloads[..third],
+        Some(rate),
+    )
+    .await;
     eprintln!("  [nats] restarting NATS after {third} events published");
     let restart = tokio::task::spawn_blocking(|| services::control("restart", "nats"));
-    publish_paced(js, &names.subject, &format!("{}-b", names.id), &payloads[third..], Some(rate)).await;
+    publish_paced(
+        js,
+        &names.subject,
+        &format!("{}-b", names.id),
+        &payloads[third..],
+        Some(rate),
+    )
+    .await;
     restart.await.expect("restart nats");
     let expected: HashSet<String> = (0..per_story)
         .flat_map(|t| stories.iter().map(move |s| format!("{s}:t{t:02}")))
@@ -882,20 +1016,37 @@ async fn row_nats(options: &Options, js: &Context) -> RowResult {
         if nodes.len() == expected.len() && remaining == Some(0) {
             Ok(())
         } else {
-            Err(format!("{} of {} nodes, {remaining:?} outstanding", nodes.len(), expected.len()))
+            Err(format!(
+                "{} of {} nodes, {remaining:?} outstanding",
+                nodes.len(),
+                expected.len()
+            ))
         }
     })
     .await;
     result.max_stall = monitor.finish().await;
     let nodes = nodes_by_id(graph, &prefix).await.expect("nodes");
-    result.lost = expected.iter().filter(|id| !nodes.contains_key(*id)).count() as u64;
+    result.lost = expected
+        .iter()
+        .filter(|id| !nodes.contains_key(*id))
+        .count() as u64;
     let keys_left = stories_with_keys(&names.key_prefix, &stories).await;
     result.lost += keys_left;
     result.duplicated = nodes.values().map(|&c| (c - 1).max(0) as u64).sum();
     result.dead_lettered = dead_letter_count(js, &names).await;
-    result.check(keys_left == 0, format!("every story's keys invalidated ({keys_left} stories left)"));
-    let stored = js.get_stream(&names.stream).await.map(|s| s.cached_info().state.messages).unwrap_or_default();
-    result.check(stored == total as u64, format!("{stored} events stored for {total} published (no duplicate publish)"));
+    result.check(
+        keys_left == 0,
+        format!("every story's keys invalidated ({keys_left} stories left)"),
+    );
+    let stored = js
+        .get_stream(&names.stream)
+        .await
+        .map(|s| s.cached_info().state.messages)
+        .unwrap_or_default();
+    result.check(
+        stored == total as u64,
+        format!("{stored} events stored for {total} published (no duplicate publish)"),
+    );
     fleet.stop(&mut result).await;
     let logs = read_logs(&fleet.logs);
     result.checks.push(format!(
@@ -928,8 +1079,19 @@ async fn row_valkey(options: &Options, js: &Context) -> RowResult {
     let mut fleet = Fleet::new(options, "valkey", &config_toml(&names, &[handler], 16));
     fleet.spawn(options);
     fleet.ready().await;
-    let monitor = StallMonitor::start(js.clone(), names.stream.clone(), vec![durable.clone()], fleet.addresses.clone());
-    let big_sequence = publish_all(js, &names.subject, &format!("{}-big", names.id), &[transition(&big, "t00", false)]).await[0];
+    let monitor = StallMonitor::start(
+        js.clone(),
+        names.stream.clone(),
+        vec![durable.clone()],
+        fleet.addresses.clone(),
+    );
+    let big_sequence = publish_all(
+        js,
+        &names.subject,
+        &format!("{}-big", names.id),
+        &[transition(&big, "t00", false)],
+    )
+    .await[0];
     // Kill Valkey once the sweep has deleted some but not most keys.
     let started = Instant::now();
     let mut killed_at = None;
@@ -944,14 +1106,30 @@ async fn row_valkey(options: &Options, js: &Context) -> RowResult {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    result.check(killed_at.is_some(), format!("Valkey killed mid-sweep ({killed_at:?} of {seeded} keys left)"));
+    result.check(
+        killed_at.is_some(),
+        format!("Valkey killed mid-sweep ({killed_at:?} of {seeded} keys left)"),
+    );
     if killed_at.is_some() {
-        tokio::task::spawn_blocking(|| services::control("kill", "valkey")).await.expect("kill valkey");
+        tokio::task::spawn_blocking(|| services::control("kill", "valkey"))
+            .await
+            .expect("kill valkey");
         eprintln!("  [valkey] SIGKILLed Valkey with {killed_at:?} keys left");
-        let payloads: Vec<Bytes> = stories.iter().map(|s| transition(s, "t00", false)).collect();
-        publish_all(js, &names.subject, &format!("{}-small", names.id), &payloads).await;
+        let payloads: Vec<Bytes> = stories
+            .iter()
+            .map(|s| transition(s, "t00", false))
+            .collect();
+        publish_all(
+            js,
+            &names.subject,
+            &format!("{}-small", names.id),
+            &payloads,
+        )
+        .await;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        tokio::task::spawn_blocking(|| services::control("start", "valkey")).await.expect("start valkey");
+        tokio::task::spawn_blocking(|| services::control("start", "valkey"))
+            .await
+            .expect("start valkey");
     }
     let prefix = format!("{}-", names.id);
     wait_until(Duration::from_secs(600), "every event handled", || async {
@@ -960,7 +1138,11 @@ async fn row_valkey(options: &Options, js: &Context) -> RowResult {
         if nodes.len() == small + 1 && remaining == Some(0) {
             Ok(())
         } else {
-            Err(format!("{} of {} nodes, {remaining:?} outstanding", nodes.len(), small + 1))
+            Err(format!(
+                "{} of {} nodes, {remaining:?} outstanding",
+                nodes.len(),
+                small + 1
+            ))
         }
     })
     .await;
@@ -972,7 +1154,10 @@ async fn row_valkey(options: &Options, js: &Context) -> RowResult {
     result.lost = (small + 1 - nodes.len()) as u64 + u64::from(left > 0);
     result.duplicated = nodes.values().map(|&c| (c - 1).max(0) as u64).sum();
     result.dead_lettered = dead_letter_count(js, &names).await;
-    result.check(left == 0, format!("acked only after a complete sweep ({left} keys left)"));
+    result.check(
+        left == 0,
+        format!("acked only after a complete sweep ({left} keys left)"),
+    );
     fleet.stop(&mut result).await;
     let logs = read_logs(&fleet.logs);
     let outcomes = logs
@@ -983,7 +1168,10 @@ async fn row_valkey(options: &Options, js: &Context) -> RowResult {
     let retries = outcomes.iter().filter(|o| *o == "retry").count();
     result.check(
         retries >= 1 && outcomes.last().map(String::as_str) == Some("ack"),
-        format!("the interrupted event was retried {retries}x, then acked ({} outcomes)", outcomes.len()),
+        format!(
+            "the interrupted event was retried {retries}x, then acked ({} outcomes)",
+            outcomes.len()
+        ),
     );
     result
 }
@@ -1014,29 +1202,54 @@ async fn row_neo4j(options: &Options, js: &Context) -> RowResult {
     fleet.spawn(options);
     fleet.ready().await;
     let stories: Vec<String> = (0..total).map(|i| names.story(i)).collect();
-    let payloads: Vec<Bytes> = stories.iter().map(|s| transition(s, "t00", false)).collect();
-    let monitor = StallMonitor::start(js.clone(), names.stream.clone(), durables.clone(), fleet.addresses.clone());
+    let payloads: Vec<Bytes> = stories
+        .iter()
+        .map(|s| transition(s, "t00", false))
+        .collect();
+    let monitor = StallMonitor::start(
+        js.clone(),
+        names.stream.clone(),
+        durables.clone(),
+        fleet.addresses.clone(),
+    );
     publish_all(js, &names.subject, &names.id, &payloads).await;
     let all = (total * handlers) as u64;
-    wait_until(Duration::from_secs(300), "a third of the handlings done", || async {
-        match consumer_remaining(js, &names.stream, &durables).await {
-            Some(r) if r <= all * 2 / 3 => Ok(()),
-            other => Err(format!("{other:?} outstanding")),
-        }
-    })
+    wait_until(
+        Duration::from_secs(300),
+        "a third of the handlings done",
+        || async {
+            match consumer_remaining(js, &names.stream, &durables).await {
+                Some(r) if r <= all * 2 / 3 => Ok(()),
+                other => Err(format!("{other:?} outstanding")),
+            }
+        },
+    )
     .await;
     eprintln!("  [neo4j] restarting Neo4j");
-    tokio::task::spawn_blocking(|| services::control("restart", "neo4j")).await.expect("restart neo4j");
+    tokio::task::spawn_blocking(|| services::control("restart", "neo4j"))
+        .await
+        .expect("restart neo4j");
     let graph = neo4j().await;
     let prefix = format!("{}-", names.id);
-    wait_until(Duration::from_secs(600), "every handler handled every event", || async {
-        let remaining = consumer_remaining(js, &names.stream, &durables).await;
-        if remaining == Some(0) { Ok(()) } else { Err(format!("{remaining:?} outstanding")) }
-    })
+    wait_until(
+        Duration::from_secs(600),
+        "every handler handled every event",
+        || async {
+            let remaining = consumer_remaining(js, &names.stream, &durables).await;
+            if remaining == Some(0) {
+                Ok(())
+            } else {
+                Err(format!("{remaining:?} outstanding"))
+            }
+        },
+    )
     .await;
     result.max_stall = monitor.finish().await;
     let nodes = nodes_by_id(&graph, &prefix).await.expect("nodes");
-    result.lost = stories.iter().filter(|s| !nodes.contains_key(&format!("{s}:t00"))).count() as u64;
+    result.lost = stories
+        .iter()
+        .filter(|s| !nodes.contains_key(&format!("{s}:t00")))
+        .count() as u64;
     result.duplicated = nodes.values().map(|&c| (c - 1).max(0) as u64).sum();
     result.dead_lettered = dead_letter_count(js, &names).await;
     fleet.stop(&mut result).await;
@@ -1063,17 +1276,37 @@ fn malformed(i: usize, id: &str, big: bool) -> (Bytes, &'static str) {
     }
     let deep = 10_000;
     match i % 12 {
-        0 => (Bytes::from(format!(r#"{{"story_id": "{id}-bad-{i}", "timestamp": "#)), "bad JSON"),
-        1 => (Bytes::from(format!(r#"{{"story_id": {i}, "timestamp": "t"}}"#)), "wrong type (story_id)"),
-        2 => (Bytes::from(format!(r#"{{"story_id": "{id}-bad-{i}", "timestamp": ["t"]}}"#)), "wrong type (timestamp)"),
-        3 => (Bytes::from(r#"{"from_phase": "A", "to_phase": "B", "timestamp": "t"}"#), "missing story_id"),
-        4 => (Bytes::from(format!(r#"{{"story_id": "{id}-bad-{i}"}}"#)), "missing timestamp"),
+        0 => (
+            Bytes::from(format!(r#"{{"story_id": "{id}-bad-{i}", "timestamp": "#)),
+            "bad JSON",
+        ),
+        1 => (
+            Bytes::from(format!(r#"{{"story_id": {i}, "timestamp": "t"}}"#)),
+            "wrong type (story_id)",
+        ),
+        2 => (
+            Bytes::from(format!(
+                r#"{{"story_id": "{id}-bad-{i}", "timestamp": ["t"]}}"#
+            )),
+            "wrong type (timestamp)",
+        ),
+        3 => (
+            Bytes::from(r#"{"from_phase": "A", "to_phase": "B", "timestamp": "t"}"#),
+            "missing story_id",
+        ),
+        4 => (
+            Bytes::from(format!(r#"{{"story_id": "{id}-bad-{i}"}}"#)),
+            "missing timestamp",
+        ),
         5 => {
             let mut bytes = b"\xff\xfe{\"story_id\": \"".to_vec();
             bytes.extend_from_slice(format!("{id}-bad-{i}\"}}").as_bytes());
             (Bytes::from(bytes), "not UTF-8")
         }
-        6 => (Bytes::from(format!("{}{}", "[".repeat(deep), "]".repeat(deep))), "10,000-deep nesting"),
+        6 => (
+            Bytes::from(format!("{}{}", "[".repeat(deep), "]".repeat(deep))),
+            "10,000-deep nesting",
+        ),
         7 => (
             Bytes::from(format!(
                 r#"{{"story_id": {}{}, "timestamp": "t"}}"#,
@@ -1083,15 +1316,32 @@ fn malformed(i: usize, id: &str, big: bool) -> (Bytes, &'static str) {
             "10,000-deep story_id",
         ),
         8 => (Bytes::new(), "empty"),
-        9 => (Bytes::from(format!(r#"{{"story_id": "{id}-bad-{i}", "story_id": "x", "timestamp": "t"}}"#)), "duplicate field"),
-        10 => (Bytes::from(format!(r#"{{"event_type": "story.deleted", "story_id": "{id}-bad-{i}", "timestamp": "t"}}"#)), "unknown event type"),
-        _ => (Bytes::from(r#"{"event_type": "planning.story.transitioned", "payload": 5}"#), "envelope payload not an object"),
+        9 => (
+            Bytes::from(format!(
+                r#"{{"story_id": "{id}-bad-{i}", "story_id": "x", "timestamp": "t"}}"#
+            )),
+            "duplicate field",
+        ),
+        10 => (
+            Bytes::from(format!(
+                r#"{{"event_type": "story.deleted", "story_id": "{id}-bad-{i}", "timestamp": "t"}}"#
+            )),
+            "unknown event type",
+        ),
+        _ => (
+            Bytes::from(r#"{"event_type": "planning.story.transitioned", "payload": 5}"#),
+            "envelope payload not an object",
+        ),
     }
 }
 
 async fn row_malformed(options: &Options, js: &Context) -> RowResult {
     let graph = &neo4j().await;
-    let (bad_count, big_count) = if options.short { (1_000, 4) } else { (10_000, 20) };
+    let (bad_count, big_count) = if options.short {
+        (1_000, 4)
+    } else {
+        (10_000, 20)
+    };
     let per_story = 10;
     let names = Names::new("malformed");
     let mut result = RowResult {
@@ -1114,13 +1364,22 @@ async fn row_malformed(options: &Options, js: &Context) -> RowResult {
     let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
     for i in 0..bad_count {
         let story = &stories[i % stories.len()];
-        payloads.push(transition(story, &format!("t{:02}", i / stories.len()), i % 2 == 0));
+        payloads.push(transition(
+            story,
+            &format!("t{:02}", i / stories.len()),
+            i % 2 == 0,
+        ));
         let (payload, kind) = malformed(i, &names.id, i % big_every == big_every / 2);
         *kinds.entry(kind).or_default() += 1;
         bad_index.push(payloads.len());
         payloads.push(payload);
     }
-    let monitor = StallMonitor::start(js.clone(), names.stream.clone(), vec![durable.clone()], fleet.addresses.clone());
+    let monitor = StallMonitor::start(
+        js.clone(),
+        names.stream.clone(),
+        vec![durable.clone()],
+        fleet.addresses.clone(),
+    );
     let sequences = publish_all(js, &names.subject, &names.id, &payloads).await;
     let bad_sequences: HashSet<u64> = bad_index.iter().map(|&i| sequences[i]).collect();
     let expected: HashSet<String> = (0..bad_count)
@@ -1134,18 +1393,29 @@ async fn row_malformed(options: &Options, js: &Context) -> RowResult {
         if nodes.len() == expected.len() && remaining == Some(0) && dead >= bad_count as u64 {
             Ok(())
         } else {
-            Err(format!("{} of {} nodes, {dead} dead letters, {remaining:?} outstanding", nodes.len(), expected.len()))
+            Err(format!(
+                "{} of {} nodes, {dead} dead letters, {remaining:?} outstanding",
+                nodes.len(),
+                expected.len()
+            ))
         }
     })
     .await;
     result.max_stall = monitor.finish().await;
     let nodes = nodes_by_id(graph, &prefix).await.expect("nodes");
     let keys_left = stories_with_keys(&names.key_prefix, &stories).await;
-    result.lost = expected.iter().filter(|id| !nodes.contains_key(*id)).count() as u64 + keys_left;
+    result.lost = expected
+        .iter()
+        .filter(|id| !nodes.contains_key(*id))
+        .count() as u64
+        + keys_left;
     result.duplicated = nodes.values().map(|&c| (c - 1).max(0) as u64).sum();
     result.dead_lettered = dead_letter_count(js, &names).await;
     let redelivered = consumer_redelivered(js, &names.stream, &durable).await;
-    result.check(redelivered == 0, format!("nothing redelivered ({redelivered})"));
+    result.check(
+        redelivered == 0,
+        format!("nothing redelivered ({redelivered})"),
+    );
 
     // The dead letters, read back with `switchyard dlq list --json`.
     let output = Command::new(&options.bin)
@@ -1161,19 +1431,38 @@ async fn row_malformed(options: &Options, js: &Context) -> RowResult {
         .filter_map(|line| serde_json::from_str(line).ok())
         .collect();
     let first_delivery = letters.iter().all(|l| l["delivery_count"] == json!(1));
-    let with_reason = letters.iter().all(|l| !l["reason"].as_str().unwrap_or_default().is_empty());
-    let lettered: HashSet<u64> = letters.iter().filter_map(|l| l["original_sequence"].as_u64()).collect();
-    let omitted = letters.iter().filter(|l| l["payload_omitted"] == json!(true)).count();
+    let with_reason = letters
+        .iter()
+        .all(|l| !l["reason"].as_str().unwrap_or_default().is_empty());
+    let lettered: HashSet<u64> = letters
+        .iter()
+        .filter_map(|l| l["original_sequence"].as_u64())
+        .collect();
+    let omitted = letters
+        .iter()
+        .filter(|l| l["payload_omitted"] == json!(true))
+        .count();
     result.check(
         letters.len() == bad_count && lettered == bad_sequences,
-        format!("dlq list: {} dead letters, exactly the bad events", letters.len()),
+        format!(
+            "dlq list: {} dead letters, exactly the bad events",
+            letters.len()
+        ),
     );
-    result.check(first_delivery && with_reason, "every one on its first delivery, with a reason");
+    result.check(
+        first_delivery && with_reason,
+        "every one on its first delivery, with a reason",
+    );
     result.check(
         omitted == big_count,
-        format!("{omitted} 1 MiB payloads dead-lettered by reference (payload stays in the stream)"),
+        format!(
+            "{omitted} 1 MiB payloads dead-lettered by reference (payload stays in the stream)"
+        ),
     );
-    result.check(keys_left == 0, format!("valid events unaffected: every story's keys invalidated ({keys_left} left)"));
+    result.check(
+        keys_left == 0,
+        format!("valid events unaffected: every story's keys invalidated ({keys_left} left)"),
+    );
     fleet.stop(&mut result).await;
     eprintln!("  [malformed] kinds: {kinds:?}");
     result
@@ -1184,7 +1473,15 @@ fn format_duration(duration: Duration) -> String {
 }
 
 fn print_table(results: &[RowResult]) {
-    let headers = ["fault", "events sent", "lost", "duplicated effects", "dead-lettered", "max stall", "result"];
+    let headers = [
+        "fault",
+        "events sent",
+        "lost",
+        "duplicated effects",
+        "dead-lettered",
+        "max stall",
+        "result",
+    ];
     let rows: Vec<Vec<String>> = results
         .iter()
         .map(|r| {
@@ -1199,12 +1496,22 @@ fn print_table(results: &[RowResult]) {
                     r.dead_lettered.to_string()
                 },
                 format_duration(r.max_stall),
-                if r.passed() { "pass".into() } else { "FAIL".into() },
+                if r.passed() {
+                    "pass".into()
+                } else {
+                    "FAIL".into()
+                },
             ]
         })
         .collect();
     let widths: Vec<usize> = (0..headers.len())
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).chain([headers[c].len()]).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].chars().count())
+                .chain([headers[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |cells: &[String]| {
         let padded: Vec<String> = cells
@@ -1215,7 +1522,14 @@ fn print_table(results: &[RowResult]) {
         format!("| {} |", padded.join(" | "))
     };
     println!("{}", line(&headers.map(String::from)));
-    println!("|{}|", widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("|"));
+    println!(
+        "|{}|",
+        widths
+            .iter()
+            .map(|w| "-".repeat(w + 2))
+            .collect::<Vec<_>>()
+            .join("|")
+    );
     for row in &rows {
         println!("{}", line(row));
     }
@@ -1241,7 +1555,10 @@ async fn main() -> ExitCode {
         }
     };
     if !options.bin.exists() {
-        eprintln!("{} not found: build it with `cargo build --release -p switchyard`", options.bin.display());
+        eprintln!(
+            "{} not found: build it with `cargo build --release -p switchyard`",
+            options.bin.display()
+        );
         return ExitCode::from(2);
     }
     std::fs::create_dir_all(&options.work).expect("work directory");
@@ -1254,15 +1571,25 @@ async fn main() -> ExitCode {
         .await
         .expect("NATS connection");
     // A publish not acknowledged within a second is sent again.
-    let js = async_nats::jetstream::ContextBuilder::new().timeout(Duration::from_secs(1)).build(client);
-    let wanted = |row: &str| options.only.as_ref().is_none_or(|only| only.iter().any(|o| o == row));
+    let js = async_nats::jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .build(client);
+    let wanted = |row: &str| {
+        options
+            .only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|o| o == row))
+    };
     let started = Instant::now();
     let mut results = Vec::new();
     for name in ["kill", "nats", "valkey", "neo4j", "malformed"] {
         if !wanted(name) {
             continue;
         }
-        eprintln!("faults: row `{name}`{}", if options.short { " (short)" } else { "" });
+        eprintln!(
+            "faults: row `{name}`{}",
+            if options.short { " (short)" } else { "" }
+        );
         let row_started = Instant::now();
         let row: std::pin::Pin<Box<dyn std::future::Future<Output = RowResult> + '_>> = match name {
             "kill" => Box::pin(row_kill(&options, &js)),
@@ -1272,20 +1599,26 @@ async fn main() -> ExitCode {
             _ => Box::pin(row_malformed(&options, &js)),
         };
         // A check that panics fails its row; the hosts die with it (kill on drop).
-        let result = std::panic::AssertUnwindSafe(row).catch_unwind().await.unwrap_or_else(|panic| {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panicked".into());
-            RowResult {
-                fault: name.to_string(),
-                sent: "?".into(),
-                failures: vec![message],
-                ..RowResult::default()
-            }
-        });
-        eprintln!("faults: row `{name}` done in {:.0} s", row_started.elapsed().as_secs_f64());
+        let result = std::panic::AssertUnwindSafe(row)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panicked".into());
+                RowResult {
+                    fault: name.to_string(),
+                    sent: "?".into(),
+                    failures: vec![message],
+                    ..RowResult::default()
+                }
+            });
+        eprintln!(
+            "faults: row `{name}` done in {:.0} s",
+            row_started.elapsed().as_secs_f64()
+        );
         results.push(result);
     }
     println!(

@@ -26,12 +26,21 @@ fn variant(tag: u8) -> Vec<u8> {
 
 /// Digests the hosts answering on the control subject run for the handler.
 async fn fleet_digests(client: &async_nats::Client, names: &Names) -> Vec<String> {
-    let hosts = gather_status(client, &format!("{}.status", names.control_subject), Duration::from_millis(500))
-        .await
-        .unwrap();
+    let hosts = gather_status(
+        client,
+        &format!("{}.status", names.control_subject),
+        Duration::from_millis(500),
+    )
+    .await
+    .unwrap();
     hosts
         .iter()
-        .flat_map(|h| h.handlers.iter().filter(|s| s.handler == HANDLER).map(|s| s.digest.clone()))
+        .flat_map(|h| {
+            h.handlers
+                .iter()
+                .filter(|s| s.handler == HANDLER)
+                .map(|s| s.digest.clone())
+        })
         .collect()
 }
 
@@ -77,23 +86,32 @@ async fn push_reaches_two_hosts_and_rollback_restores_the_previous_digest() {
         if i == 100 {
             control.push(OBJECT, &second, None, false).await.unwrap();
         }
-        host_a.publish(transition(&format!("FLEET-{i}"), &timestamp)).await;
+        host_a
+            .publish(transition(&format!("FLEET-{i}"), &timestamp))
+            .await;
     }
     fleet_on(&client, &names, Digest::of(&second).as_str(), 2).await;
 
     let history = control.history(OBJECT).await.unwrap();
     let digests: Vec<&str> = history.iter().map(|v| v.digest.as_str()).collect();
-    assert_eq!(digests, [Digest::of(&first).as_str(), Digest::of(&second).as_str()]);
+    assert_eq!(
+        digests,
+        [Digest::of(&first).as_str(), Digest::of(&second).as_str()]
+    );
     let restored = control.rollback(OBJECT, None).await.unwrap();
     assert_eq!(restored.digest, Digest::of(&first).as_str());
     fleet_on(&client, &names, Digest::of(&first).as_str(), 2).await;
 
-    services::eventually(WAIT, "every event handled once across both hosts", || async {
-        match transitions_at(&graph, &timestamp).await? {
-            200 => Ok(()),
-            n => Err(format!("{n} of 200 nodes")),
-        }
-    })
+    services::eventually(
+        WAIT,
+        "every event handled once across both hosts",
+        || async {
+            match transitions_at(&graph, &timestamp).await? {
+                200 => Ok(()),
+                n => Err(format!("{n} of 200 nodes")),
+            }
+        },
+    )
     .await;
     host_a.settled(WAIT).await;
     let (_, _, redelivered) = host_a.consumer_state().await.unwrap();
@@ -129,10 +147,18 @@ async fn pushed_version_failing_its_fixtures_is_refused_by_every_host() {
     fleet_on(&client, &names, Digest::of(&good).as_str(), 1).await;
 
     // Bypass the CLI's own check: the host must refuse on its own.
-    let fixtures = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/story-transitions.fixtures.jsonl")).unwrap();
+    let fixtures = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/story-transitions.fixtures.jsonl"
+    ))
+    .unwrap();
     let hostile = std::fs::read(HOSTILE).unwrap();
-    control.push(OBJECT, &hostile, Some(&fixtures), false).await.unwrap();
-    let refused = format!("switchyard_plugin_reloads_total{{handler=\"{HANDLER}\",result=\"refused\"}}");
+    control
+        .push(OBJECT, &hostile, Some(&fixtures), false)
+        .await
+        .unwrap();
+    let refused =
+        format!("switchyard_plugin_reloads_total{{handler=\"{HANDLER}\",result=\"refused\"}}");
     services::eventually(WAIT, "the bad version refused", || async {
         match host.metric(&refused).await {
             Some(n) if n >= 1.0 => Ok(()),
@@ -140,14 +166,28 @@ async fn pushed_version_failing_its_fixtures_is_refused_by_every_host() {
         }
     })
     .await;
-    let hosts = gather_status(&client, &format!("{}.status", names.control_subject), Duration::from_millis(500))
-        .await
-        .unwrap();
+    let hosts = gather_status(
+        &client,
+        &format!("{}.status", names.control_subject),
+        Duration::from_millis(500),
+    )
+    .await
+    .unwrap();
     let status = &hosts[0].handlers[0];
-    assert_eq!(status.digest, Digest::of(&good).as_str(), "the live version keeps serving");
+    assert_eq!(
+        status.digest,
+        Digest::of(&good).as_str(),
+        "the live version keeps serving"
+    );
     let last = status.last_reload.as_ref().unwrap();
     assert_eq!(last["ok"], false);
-    assert!(last["reason"].as_str().unwrap().contains("failed its fixtures"), "{last}");
+    assert!(
+        last["reason"]
+            .as_str()
+            .unwrap()
+            .contains("failed its fixtures"),
+        "{last}"
+    );
 
     // And it still does the work.
     let timestamp = services::unique("after-refusal#");
@@ -189,9 +229,13 @@ async fn shadow_candidate_reports_a_planted_difference_without_side_effects() {
     control.push(OBJECT, &candidate, None, true).await.unwrap();
     let shadow_digest = Digest::of(&candidate).to_string();
     services::eventually(WAIT, "candidate running in shadow", || async {
-        let hosts = gather_status(&client, &format!("{}.status", names.control_subject), Duration::from_millis(300))
-            .await
-            .map_err(|e| e.to_string())?;
+        let hosts = gather_status(
+            &client,
+            &format!("{}.status", names.control_subject),
+            Duration::from_millis(300),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         match hosts.first().and_then(|h| h.handlers[0].shadow.clone()) {
             Some(shadow) if shadow.digest == shadow_digest => Ok(()),
             other => Err(format!("{other:?}")),
@@ -202,24 +246,40 @@ async fn shadow_candidate_reports_a_planted_difference_without_side_effects() {
     let story = services::unique("SHADOW-");
     let keys = [format!("context:{story}"), format!("context:{story}:dev")];
     for key in &keys {
-        let _: () = redis::cmd("SET").arg(key).arg("v").query_async(&mut valkey).await.unwrap();
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg("v")
+            .query_async(&mut valkey)
+            .await
+            .unwrap();
     }
     let timestamp = services::unique("shadow#");
     host.publish(transition(&story, &timestamp)).await;
     host.settled(WAIT).await;
 
-    let differ = format!("switchyard_shadow_events_total{{handler=\"{HANDLER}\",result=\"differ\"}}");
+    let differ =
+        format!("switchyard_shadow_events_total{{handler=\"{HANDLER}\",result=\"differ\"}}");
     assert_eq!(host.metric(&differ).await, Some(1.0));
-    let hosts = gather_status(&client, &format!("{}.status", names.control_subject), Duration::from_millis(500))
-        .await
-        .unwrap();
+    let hosts = gather_status(
+        &client,
+        &format!("{}.status", names.control_subject),
+        Duration::from_millis(500),
+    )
+    .await
+    .unwrap();
     let shadow = hosts[0].handlers[0].shadow.clone().unwrap();
     assert_eq!((shadow.compared, shadow.differing), (1, 1));
     let difference = shadow.last_difference.unwrap();
-    assert!(difference.contains("keys deleted: live 2, candidate 0"), "{difference}");
+    assert!(
+        difference.contains("keys deleted: live 2, candidate 0"),
+        "{difference}"
+    );
     assert!(difference.contains("nodes written"), "{difference}");
     // The live version's effects happened, exactly once.
-    assert_eq!(crate::support::existing(&mut valkey, &keys).await.unwrap(), 0);
+    assert_eq!(
+        crate::support::existing(&mut valkey, &keys).await.unwrap(),
+        0
+    );
     assert_eq!(transitions_at(&graph, &timestamp).await.unwrap(), 1);
 
     let promoted = control.promote(OBJECT).await.unwrap();

@@ -125,14 +125,24 @@ struct Service {
 
 impl Service {
     async fn start(names: Names, settings: &Settings) -> Self {
-        let config = Config::parse(&config_toml(&names, settings), "delivery test config", std::iter::empty())
-            .expect("test configuration is valid");
+        let config = Config::parse(
+            &config_toml(&names, settings),
+            "delivery test config",
+            std::iter::empty(),
+        )
+        .expect("test configuration is valid");
         let health = Arc::new(Health::default());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(service::run(config, health.clone(), shutdown.clone()));
         services::eventually(Duration::from_secs(30), "service ready", || {
             let health = health.clone();
-            async move { if health.ready() { Ok(()) } else { Err("not ready".to_string()) } }
+            async move {
+                if health.ready() {
+                    Ok(())
+                } else {
+                    Err("not ready".to_string())
+                }
+            }
         })
         .await;
         Service {
@@ -168,12 +178,18 @@ impl Service {
     }
 
     async fn settled(&self) {
-        services::eventually(SETTLE, "consumer settled (0 pending, 0 unacked)", || async {
-            match self.consumer_state().await? {
-                (0, 0, _) => Ok(()),
-                (pending, ack_pending, _) => Err(format!("{pending} pending, {ack_pending} unacked")),
-            }
-        })
+        services::eventually(
+            SETTLE,
+            "consumer settled (0 pending, 0 unacked)",
+            || async {
+                match self.consumer_state().await? {
+                    (0, 0, _) => Ok(()),
+                    (pending, ack_pending, _) => {
+                        Err(format!("{pending} pending, {ack_pending} unacked"))
+                    }
+                }
+            },
+        )
         .await;
     }
 
@@ -190,13 +206,23 @@ impl Service {
     }
 
     fn dead_letter_source(&self) -> DeadLetterSource {
-        DeadLetterSource::new(&self.names.dead_letter_stream, &self.names.dead_letter_subject, HANDLER)
+        DeadLetterSource::new(
+            &self.names.dead_letter_stream,
+            &self.names.dead_letter_subject,
+            HANDLER,
+        )
     }
 }
 
 async fn consumer_state(js: &Context, names: &Names) -> Result<(u64, usize, usize), String> {
-    let stream = js.get_stream(&names.stream).await.map_err(|e| e.to_string())?;
-    let info = stream.consumer_info(&names.durable).await.map_err(|e| e.to_string())?;
+    let stream = js
+        .get_stream(&names.stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    let info = stream
+        .consumer_info(&names.durable)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok((info.num_pending, info.num_ack_pending, info.num_redelivered))
 }
 
@@ -230,7 +256,11 @@ async fn records(graph: &neo4rs::Graph, run: &str) -> Vec<Record> {
             attempt: row.get("attempt").expect("attempt"),
             started_ns: row.get("s").expect("started"),
             finished_ns: row.get("f").expect("finished"),
-            trace: row.get::<Option<String>>("trace").ok().flatten().unwrap_or_default(),
+            trace: row
+                .get::<Option<String>>("trace")
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
         });
     }
     records
@@ -239,7 +269,11 @@ async fn records(graph: &neo4rs::Graph, run: &str) -> Vec<Record> {
 async fn wait_for_records(graph: &neo4rs::Graph, run: &str, count: usize) -> Vec<Record> {
     services::eventually(SETTLE, "records written", || async {
         let found = records(graph, run).await;
-        if found.len() >= count { Ok(found) } else { Err(format!("{} of {count} records", found.len())) }
+        if found.len() >= count {
+            Ok(found)
+        } else {
+            Err(format!("{} of {count} records", found.len()))
+        }
     })
     .await
 }
@@ -296,11 +330,19 @@ async fn events_of_a_key_run_one_at_a_time_in_stream_order_while_keys_run_in_par
         by_key.entry(record.key.as_str()).or_default().push(record);
     }
     for (key, mut list) in by_key {
-        assert_eq!(list.len(), per_key as usize, "{key}: one record per event: {list:?}");
+        assert_eq!(
+            list.len(),
+            per_key as usize,
+            "{key}: one record per event: {list:?}"
+        );
         // In the order they started, the events of a key are 0, 1, 2, ...
         list.sort_by_key(|r| r.started_ns);
         let order: Vec<i64> = list.iter().map(|r| r.n).collect();
-        assert_eq!(order, (0..per_key).collect::<Vec<_>>(), "{key} ran out of stream order");
+        assert_eq!(
+            order,
+            (0..per_key).collect::<Vec<_>>(),
+            "{key} ran out of stream order"
+        );
         for pair in list.windows(2) {
             assert!(
                 pair[1].started_ns >= pair[0].finished_ns,
@@ -310,14 +352,31 @@ async fn events_of_a_key_run_one_at_a_time_in_stream_order_while_keys_run_in_par
             );
         }
     }
-    let retried = found.iter().find(|r| r.key == "k2" && r.n == 3).expect("k2/3 recorded");
+    let retried = found
+        .iter()
+        .find(|r| r.key == "k2" && r.n == 3)
+        .expect("k2/3 recorded");
     assert_eq!(retried.attempt, 3, "k2/3 recorded on its third attempt");
     let overlap = max_overlap(&found);
-    assert!(overlap > 1, "different keys ran in parallel (max overlap {overlap})");
-    assert!(overlap <= 4, "never more than concurrency at once (max overlap {overlap})");
+    assert!(
+        overlap > 1,
+        "different keys ran in parallel (max overlap {overlap})"
+    );
+    assert!(
+        overlap <= 4,
+        "never more than concurrency at once (max overlap {overlap})"
+    );
     let (_, _, redelivered) = service.consumer_state().await.unwrap();
-    assert_eq!(redelivered, 0, "a keyed retry is retried in place, not redelivered");
-    assert!(jetstream::dead_letters(&service.js, &service.dead_letter_source()).await.unwrap().is_empty());
+    assert_eq!(
+        redelivered, 0,
+        "a keyed retry is retried in place, not redelivered"
+    );
+    assert!(
+        jetstream::dead_letters(&service.js, &service.dead_letter_source())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     service.stop().await;
 }
 
@@ -343,30 +402,57 @@ async fn drain_naks_unstarted_events_at_once_and_leaves_nothing_unsettled() {
     let total = 30usize;
     for n in 0..total {
         let key = format!("k{}", n % 3);
-        service.publish(json!({"run": run, "key": key, "n": n, "sleep_ms": 300})).await;
+        service
+            .publish(json!({"run": run, "key": key, "n": n, "sleep_ms": 300}))
+            .await;
     }
     // Mid-flight: some events done, more held (running or queued by key).
     wait_for_records(&graph, &run, 2).await;
     let (_, held_before, _) = service.consumer_state().await.unwrap();
-    assert!(held_before > 2, "the host held queued events before the stop ({held_before})");
+    assert!(
+        held_before > 2,
+        "the host held queued events before the stop ({held_before})"
+    );
     let took = service.stop().await;
-    assert!(took < Duration::from_secs(3), "drain took {took:?}: only in-flight events are waited for");
+    assert!(
+        took < Duration::from_secs(3),
+        "drain took {took:?}: only in-flight events are waited for"
+    );
     let done = records(&graph, &run).await;
-    assert!(done.len() < total, "the stop came mid-flight ({} of {total} done)", done.len());
-    assert!(done.iter().all(|r| r.attempt == 1), "in-flight events finished: {done:?}");
+    assert!(
+        done.len() < total,
+        "the stop came mid-flight ({} of {total} done)",
+        done.len()
+    );
+    assert!(
+        done.iter().all(|r| r.attempt == 1),
+        "in-flight events finished: {done:?}"
+    );
 
     let restarted = Instant::now();
     let service = Service::start(names, &settings).await;
     let found = wait_for_records(&graph, &run, total).await;
     service.settled().await;
     let took = restarted.elapsed();
-    assert!(took < WELL_INSIDE_ACK_WAIT, "the next host got every event at once, not after ack_wait ({took:?})");
+    assert!(
+        took < WELL_INSIDE_ACK_WAIT,
+        "the next host got every event at once, not after ack_wait ({took:?})"
+    );
     let mut events: Vec<(String, i64)> = found.iter().map(|r| (r.key.clone(), r.n)).collect();
     events.sort();
     events.dedup();
     assert_eq!(events.len(), total, "every event handled");
-    assert_eq!(found.len(), total, "none handled twice: in-flight ones were acked, the rest nak'ed unstarted");
-    assert!(jetstream::dead_letters(&service.js, &service.dead_letter_source()).await.unwrap().is_empty());
+    assert_eq!(
+        found.len(),
+        total,
+        "none handled twice: in-flight ones were acked, the rest nak'ed unstarted"
+    );
+    assert!(
+        jetstream::dead_letters(&service.js, &service.dead_letter_source())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     service.stop().await;
 }
 
@@ -384,7 +470,9 @@ async fn events_still_running_after_the_drain_grace_are_stopped_and_nakd() {
     let service = Service::start(names.clone(), &settings).await;
     let run = services::unique("grace");
     for n in 0..2 {
-        service.publish(json!({"run": run, "key": "k", "n": n, "sleep_ms": 5000})).await;
+        service
+            .publish(json!({"run": run, "key": "k", "n": n, "sleep_ms": 5000}))
+            .await;
     }
     services::eventually(SETTLE, "both events running", || async {
         match service.consumer_state().await? {
@@ -394,16 +482,31 @@ async fn events_still_running_after_the_drain_grace_are_stopped_and_nakd() {
     })
     .await;
     let took = service.stop().await;
-    assert!(took >= Duration::from_millis(900), "the grace period was given ({took:?})");
-    assert!(took < Duration::from_secs(4), "the grace period ends the wait ({took:?})");
-    assert!(records(&graph, &run).await.is_empty(), "no stopped event got to record");
+    assert!(
+        took >= Duration::from_millis(900),
+        "the grace period was given ({took:?})"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "the grace period ends the wait ({took:?})"
+    );
+    assert!(
+        records(&graph, &run).await.is_empty(),
+        "no stopped event got to record"
+    );
 
     let restarted = Instant::now();
     let service = Service::start(names, &settings).await;
     let found = wait_for_records(&graph, &run, 2).await;
     let took = restarted.elapsed();
-    assert!(took < WELL_INSIDE_ACK_WAIT, "stopped events were nak'ed, not left for ack_wait ({took:?})");
-    assert!(found.iter().all(|r| r.attempt == 2), "handled on the redelivery: {found:?}");
+    assert!(
+        took < WELL_INSIDE_ACK_WAIT,
+        "stopped events were nak'ed, not left for ack_wait ({took:?})"
+    );
+    assert!(
+        found.iter().all(|r| r.attempt == 2),
+        "handled on the redelivery: {found:?}"
+    );
     service.settled().await;
     service.stop().await;
 }
@@ -425,9 +528,13 @@ async fn events_held_longer_than_ack_wait_are_kept_alive_not_redelivered() {
     let service = Service::start(Names::new(), &settings).await;
     let run = services::unique("progress");
     for n in 0..3 {
-        service.publish(json!({"run": run, "key": "slow", "n": n, "sleep_ms": 1500})).await;
+        service
+            .publish(json!({"run": run, "key": "slow", "n": n, "sleep_ms": 1500}))
+            .await;
     }
-    service.publish(json!({"run": run, "key": "solo", "n": 0, "sleep_ms": 1800})).await;
+    service
+        .publish(json!({"run": run, "key": "solo", "n": 0, "sleep_ms": 1800}))
+        .await;
     let found = wait_for_records(&graph, &run, 4).await;
     service.settled().await;
     // Give a wrongly redelivered event time to show up.
@@ -436,10 +543,16 @@ async fn events_held_longer_than_ack_wait_are_kept_alive_not_redelivered() {
     assert_eq!(found_later.len(), 4, "each event ran once: {found_later:?}");
     assert!(found.iter().all(|r| r.attempt == 1), "{found:?}");
     let (_, _, redelivered) = service.consumer_state().await.unwrap();
-    assert_eq!(redelivered, 0, "in-progress acks kept every held event from redelivery");
+    assert_eq!(
+        redelivered, 0,
+        "in-progress acks kept every held event from redelivery"
+    );
     let slow: Vec<&Record> = found.iter().filter(|r| r.key == "slow").collect();
     let held_for = Duration::from_nanos((slow[2].finished_ns - slow[0].started_ns) as u64);
-    assert!(held_for > Duration::from_secs(4), "the last event was held past ack_wait ({held_for:?})");
+    assert!(
+        held_for > Duration::from_secs(4),
+        "the last event was held past ack_wait ({held_for:?})"
+    );
     service.stop().await;
 }
 
@@ -460,12 +573,20 @@ async fn dead_letters_are_listed_then_replayed_after_a_fix() {
         };
         sequences.push(service.publish_with(event, headers).await);
     }
-    service.publish(json!({"run": run, "key": "k", "n": 3})).await;
+    service
+        .publish(json!({"run": run, "key": "k", "n": 3}))
+        .await;
     service.settled().await;
     let source = service.dead_letter_source();
     let letters = services::eventually(SETTLE, "three dead letters", || async {
-        let letters = jetstream::dead_letters(&service.js, &source).await.map_err(|e| e.to_string())?;
-        if letters.len() == 3 { Ok(letters) } else { Err(format!("{} dead letters", letters.len())) }
+        let letters = jetstream::dead_letters(&service.js, &source)
+            .await
+            .map_err(|e| e.to_string())?;
+        if letters.len() == 3 {
+            Ok(letters)
+        } else {
+            Err(format!("{} dead letters", letters.len()))
+        }
     })
     .await;
     // Unordered handler: dead-lettered in whatever order they finished.
@@ -477,14 +598,30 @@ async fn dead_letters_are_listed_then_replayed_after_a_fix() {
         assert_eq!(letter.reason, format!("bad input {n}"));
         assert_eq!(letter.handler, HANDLER);
         assert_eq!(letter.delivery_count, Some(1));
-        assert!(letter.plugin_digest.starts_with("sha256:"), "{}", letter.plugin_digest);
+        assert!(
+            letter.plugin_digest.starts_with("sha256:"),
+            "{}",
+            letter.plugin_digest
+        );
         assert_eq!(letter.original_subject, names.subject);
         assert_eq!(letter.payload_omitted, None);
         assert!(letter.dead_lettered_at.elapsed().unwrap_or_default() < SETTLE);
-        assert!(letter.original_headers.iter().all(|(name, _)| !name.starts_with("Switchyard-")));
+        assert!(
+            letter
+                .original_headers
+                .iter()
+                .all(|(name, _)| !name.starts_with("Switchyard-"))
+        );
     }
-    let first = letters.iter().find(|l| l.original_sequence == Some(sequences[0])).unwrap();
-    assert!(first.original_headers.contains(&("Trace-Id".to_string(), "trace-0".to_string())));
+    let first = letters
+        .iter()
+        .find(|l| l.original_sequence == Some(sequences[0]))
+        .unwrap();
+    assert!(
+        first
+            .original_headers
+            .contains(&("Trace-Id".to_string(), "trace-0".to_string()))
+    );
     service.stop().await;
 
     // The fix: the handler now accepts what it rejected.
@@ -494,27 +631,66 @@ async fn dead_letters_are_listed_then_replayed_after_a_fix() {
     };
     let service = Service::start(names.clone(), &settings).await;
     let mut replayed = Vec::new();
-    let report = jetstream::replay_dead_letters(&service.js, &source, Some("bad input"), Some(2), |letter, result| {
-        replayed.push((letter.sequence, result.map_err(str::to_string)));
-    })
+    let report = jetstream::replay_dead_letters(
+        &service.js,
+        &source,
+        Some("bad input"),
+        Some(2),
+        |letter, result| {
+            replayed.push((letter.sequence, result.map_err(str::to_string)));
+        },
+    )
     .await
     .unwrap();
-    assert_eq!((report.seen, report.matched, report.replayed), (2, 2, 2), "{report:?}");
+    assert_eq!(
+        (report.seen, report.matched, report.replayed),
+        (2, 2, 2),
+        "{report:?}"
+    );
     assert!(report.failures.is_empty(), "{report:?}");
-    assert!(replayed.iter().all(|(_, result)| result.is_ok()), "{replayed:?}");
-    assert_eq!(jetstream::dead_letters(&service.js, &source).await.unwrap().len(), 1, "one left");
-    let report = jetstream::replay_dead_letters(&service.js, &source, Some("no such text"), None, |_, _| {})
+    assert!(
+        replayed.iter().all(|(_, result)| result.is_ok()),
+        "{replayed:?}"
+    );
+    assert_eq!(
+        jetstream::dead_letters(&service.js, &source)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "one left"
+    );
+    let report =
+        jetstream::replay_dead_letters(&service.js, &source, Some("no such text"), None, |_, _| {})
+            .await
+            .unwrap();
+    assert_eq!(
+        (report.seen, report.matched, report.replayed),
+        (1, 0, 0),
+        "{report:?}"
+    );
+    let report = jetstream::replay_dead_letters(&service.js, &source, None, None, |_, _| {})
         .await
         .unwrap();
-    assert_eq!((report.seen, report.matched, report.replayed), (1, 0, 0), "{report:?}");
-    let report = jetstream::replay_dead_letters(&service.js, &source, None, None, |_, _| {}).await.unwrap();
     assert_eq!(report.replayed, 1, "{report:?}");
 
     let found = wait_for_records(&graph, &run, 4).await;
     service.settled().await;
-    assert!(jetstream::dead_letters(&service.js, &source).await.unwrap().is_empty(), "dead-letter stream empty");
-    let first = found.iter().find(|r| r.n == 0).expect("event 0 handled after the replay");
-    assert_eq!(first.trace, "trace-0", "original headers travel with the replay");
+    assert!(
+        jetstream::dead_letters(&service.js, &source)
+            .await
+            .unwrap()
+            .is_empty(),
+        "dead-letter stream empty"
+    );
+    let first = found
+        .iter()
+        .find(|r| r.n == 0)
+        .expect("event 0 handled after the replay");
+    assert_eq!(
+        first.trace, "trace-0",
+        "original headers travel with the replay"
+    );
     assert_eq!(found.len(), 4, "each event handled once: {found:?}");
     service.stop().await;
 }

@@ -19,17 +19,26 @@ async fn stress_scenario_deletes_every_key_and_writes_fifty_nodes() {
     let service = TestService::start(Options::default()).await;
 
     // The incident's keys, exactly, plus another story's key that must stay.
-    let keys: Vec<String> = (1..=50).map(|i| format!("context:STRESS-NEO-{i:04}")).collect();
+    let keys: Vec<String> = (1..=50)
+        .map(|i| format!("context:STRESS-NEO-{i:04}"))
+        .collect();
     let other = "context:STRESS-NEO-00010".to_string();
     for key in keys.iter().chain([&other]) {
-        let _: () = redis::cmd("SET").arg(key).arg("rendered").query_async(&mut valkey).await.unwrap();
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg("rendered")
+            .query_async(&mut valkey)
+            .await
+            .unwrap();
     }
     // A timestamp of this run's own, so nodes from earlier runs never count.
     let timestamp = services::unique("2026-11-26T00:00:00Z#");
 
     let started = Instant::now();
     for i in 1..=50 {
-        service.publish(transition(&format!("STRESS-NEO-{i:04}"), &timestamp)).await;
+        service
+            .publish(transition(&format!("STRESS-NEO-{i:04}"), &timestamp))
+            .await;
     }
     services::eventually(SETTLE, "every stress key deleted", || async {
         match existing(&mut valkey.clone(), &keys).await? {
@@ -45,10 +54,18 @@ async fn stress_scenario_deletes_every_key_and_writes_fifty_nodes() {
         50.0 / elapsed.as_secs_f64()
     );
 
-    assert_eq!(existing(&mut valkey, &[other.clone()]).await.unwrap(), 1, "{other} must be untouched");
+    assert_eq!(
+        existing(&mut valkey, &[other.clone()]).await.unwrap(),
+        1,
+        "{other} must be untouched"
+    );
     assert_eq!(transitions_at(&graph, &timestamp).await.unwrap(), 50);
     assert!(service.dead_letters().await.is_empty());
-    let _: () = redis::cmd("DEL").arg(&other).query_async(&mut valkey).await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&other)
+        .query_async(&mut valkey)
+        .await
+        .unwrap();
     service.stop().await;
 }
 
@@ -59,7 +76,10 @@ async fn invalid_payloads_are_dead_lettered_with_reason_on_first_delivery() {
     let bad: Vec<(&[u8], &str)> = vec![
         (b"{not json", "JSON"),
         (b"[1, 2, 3]", "array"),
-        (br#"{"from_phase": "A", "to_phase": "B", "timestamp": "t"}"#, "story_id"),
+        (
+            br#"{"from_phase": "A", "to_phase": "B", "timestamp": "t"}"#,
+            "story_id",
+        ),
         (b"\xff\xfe", "UTF-8"),
     ];
     let mut sequences = Vec::new();
@@ -69,7 +89,11 @@ async fn invalid_payloads_are_dead_lettered_with_reason_on_first_delivery() {
     service.settled(SETTLE).await;
     let letters = services::eventually(SETTLE, "four dead letters", || async {
         let letters = service.dead_letters().await;
-        if letters.len() == bad.len() { Ok(letters) } else { Err(format!("{} dead letters", letters.len())) }
+        if letters.len() == bad.len() {
+            Ok(letters)
+        } else {
+            Err(format!("{} dead letters", letters.len()))
+        }
     })
     .await;
 
@@ -85,13 +109,24 @@ async fn invalid_payloads_are_dead_lettered_with_reason_on_first_delivery() {
                 .map(|v| v.as_str().to_string())
                 .unwrap_or_else(|| panic!("dead letter lacks {name}"))
         };
-        assert!(header(headers::REASON).contains(needle), "{}", header(headers::REASON));
+        assert!(
+            header(headers::REASON).contains(needle),
+            "{}",
+            header(headers::REASON)
+        );
         assert_eq!(header(headers::HANDLER), HANDLER);
-        assert_eq!(header(headers::DELIVERY_COUNT), "1", "termed on first delivery");
+        assert_eq!(
+            header(headers::DELIVERY_COUNT),
+            "1",
+            "termed on first delivery"
+        );
         assert_eq!(header(headers::ORIGINAL_SUBJECT), service.names.subject);
         assert_eq!(header(headers::ORIGINAL_SEQUENCE), sequence.to_string());
         assert!(header(headers::PLUGIN_DIGEST).starts_with("sha256:"));
-        assert_eq!(letter.subject.as_str(), format!("{}.{HANDLER}", service.names.dead_letter_subject));
+        assert_eq!(
+            letter.subject.as_str(),
+            format!("{}.{HANDLER}", service.names.dead_letter_subject)
+        );
     }
     let (_, _, redelivered) = service.consumer_state().await.unwrap();
     assert_eq!(redelivered, 0, "no invalid payload was delivered twice");
@@ -110,12 +145,28 @@ async fn event_still_failing_at_max_deliver_is_dead_lettered_with_the_last_reaso
     service.publish(b"retry:10".to_vec()).await;
     let letters = services::eventually(SETTLE, "one dead letter", || async {
         let letters = service.dead_letters().await;
-        if letters.len() == 1 { Ok(letters) } else { Err(format!("{} dead letters", letters.len())) }
+        if letters.len() == 1 {
+            Ok(letters)
+        } else {
+            Err(format!("{} dead letters", letters.len()))
+        }
     })
     .await;
-    let reason = letters[0].headers.get(headers::REASON).unwrap().as_str().to_string();
+    let reason = letters[0]
+        .headers
+        .get(headers::REASON)
+        .unwrap()
+        .as_str()
+        .to_string();
     assert!(reason.contains("gave up after 3 deliveries"), "{reason}");
-    assert_eq!(letters[0].headers.get(headers::DELIVERY_COUNT).unwrap().as_str(), "3");
+    assert_eq!(
+        letters[0]
+            .headers
+            .get(headers::DELIVERY_COUNT)
+            .unwrap()
+            .as_str(),
+        "3"
+    );
     service.settled(SETTLE).await;
     service.stop().await;
 }
@@ -126,13 +177,20 @@ async fn events_arriving_while_valkey_is_down_are_retried_until_it_is_back() {
     let mut valkey = services::valkey().await;
     let service = TestService::start(Options::default()).await;
     let timestamp = services::unique("outage#");
-    let stories: Vec<String> = (1..=10).map(|i| services::unique(&format!("OUTAGE-{i}-"))).collect();
+    let stories: Vec<String> = (1..=10)
+        .map(|i| services::unique(&format!("OUTAGE-{i}-")))
+        .collect();
     let keys: Vec<String> = stories
         .iter()
         .flat_map(|s| [format!("context:{s}"), format!("context:{s}:developer")])
         .collect();
     for key in &keys {
-        let _: () = redis::cmd("SET").arg(key).arg("v").query_async(&mut valkey).await.unwrap();
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg("v")
+            .query_async(&mut valkey)
+            .await
+            .unwrap();
     }
 
     services::control("stop", "valkey");
@@ -158,7 +216,10 @@ async fn events_arriving_while_valkey_is_down_are_retried_until_it_is_back() {
     })
     .await;
     service.settled(SETTLE).await;
-    assert!(service.dead_letters().await.is_empty(), "an outage is never a reason to dead-letter");
+    assert!(
+        service.dead_letters().await.is_empty(),
+        "an outage is never a reason to dead-letter"
+    );
     service.stop().await;
 }
 
@@ -173,14 +234,20 @@ async fn nats_restart_mid_stream_loses_no_event() {
         if i == total / 2 {
             services::control("restart", "nats");
         }
-        service.publish(transition(&format!("RESTART-{i}"), &timestamp)).await;
+        service
+            .publish(transition(&format!("RESTART-{i}"), &timestamp))
+            .await;
     }
-    services::eventually(SETTLE, "every event handled after the NATS restart", || async {
-        match transitions_at(&graph, &timestamp).await? {
-            n if n == total => Ok(()),
-            n => Err(format!("{n} of {total} nodes")),
-        }
-    })
+    services::eventually(
+        SETTLE,
+        "every event handled after the NATS restart",
+        || async {
+            match transitions_at(&graph, &timestamp).await? {
+                n if n == total => Ok(()),
+                n => Err(format!("{n} of {total} nodes")),
+            }
+        },
+    )
     .await;
     service.settled(SETTLE).await;
     service.stop().await;

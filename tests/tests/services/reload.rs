@@ -48,7 +48,11 @@ async fn histogram(service: &TestService) -> Vec<(f64, f64)> {
         .filter(|l| l.starts_with("switchyard_event_duration_seconds_bucket{"))
         .filter_map(|l| {
             let le = l.split("le=\"").nth(1)?.split('"').next()?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
             Some((le, l.rsplit_once(' ')?.1.parse().ok()?))
         })
         .collect()
@@ -86,14 +90,20 @@ async fn swapping_every_200ms_under_load_loses_and_duplicates_no_event() {
     let quiet = services::unique("quiet#");
     let baseline_events = 5_000;
     for i in 0..baseline_events {
-        service.publish(transition(&format!("QUIET-{i}"), &quiet)).await;
+        service
+            .publish(transition(&format!("QUIET-{i}"), &quiet))
+            .await;
     }
-    services::eventually(Duration::from_secs(120), "baseline events handled", || async {
-        match transitions_at(&graph, &quiet).await? {
-            n if n == baseline_events => Ok(()),
-            n => Err(format!("{n} of {baseline_events}")),
-        }
-    })
+    services::eventually(
+        Duration::from_secs(120),
+        "baseline events handled",
+        || async {
+            match transitions_at(&graph, &quiet).await? {
+                n if n == baseline_events => Ok(()),
+                n => Err(format!("{n} of {baseline_events}")),
+            }
+        },
+    )
     .await;
     let before = histogram(&service).await;
 
@@ -114,20 +124,30 @@ async fn swapping_every_200ms_under_load_loses_and_duplicates_no_event() {
     let total = 20_000;
     let timestamp = services::unique("swap#");
     for i in 0..total {
-        service.publish(transition(&format!("SWAP-{i}"), &timestamp)).await;
+        service
+            .publish(transition(&format!("SWAP-{i}"), &timestamp))
+            .await;
     }
-    services::eventually(Duration::from_secs(240), "every event's node written", || async {
-        match transitions_at(&graph, &timestamp).await? {
-            n if n == total => Ok(()),
-            n => Err(format!("{n} of {total} nodes")),
-        }
-    })
+    services::eventually(
+        Duration::from_secs(240),
+        "every event's node written",
+        || async {
+            match transitions_at(&graph, &timestamp).await? {
+                n if n == total => Ok(()),
+                n => Err(format!("{n} of {total} nodes")),
+            }
+        },
+    )
     .await;
     swapping.cancel();
     let swaps = swapper.await.unwrap();
     service.settled(Duration::from_secs(60)).await;
     let after = histogram(&service).await;
-    let during: Vec<(f64, f64)> = after.iter().zip(&before).map(|((le, a), (_, b))| (*le, a - b)).collect();
+    let during: Vec<(f64, f64)> = after
+        .iter()
+        .zip(&before)
+        .map(|((le, a), (_, b))| (*le, a - b))
+        .collect();
     let hosts = switchyard::control::gather_status(
         &async_nats::connect(services::nats_url()).await.unwrap(),
         &format!("{}.status", service.names.control_subject),
@@ -146,12 +166,17 @@ async fn swapping_every_200ms_under_load_loses_and_duplicates_no_event() {
     assert_eq!(redelivered, 0, "no event was delivered twice");
     assert_eq!(
         service
-            .metric(&format!("switchyard_events_total{{handler=\"{HANDLER}\",outcome=\"ack\"}}"))
+            .metric(&format!(
+                "switchyard_events_total{{handler=\"{HANDLER}\",outcome=\"ack\"}}"
+            ))
             .await,
         Some(f64::from((total + baseline_events) as u32)),
         "each event handled exactly once, and acked"
     );
-    let reloads = service.metric(&series("plugin_reloads", "ok")).await.unwrap_or(0.0);
+    let reloads = service
+        .metric(&series("plugin_reloads", "ok"))
+        .await
+        .unwrap_or(0.0);
     eprintln!("{swaps} file replacements, {reloads} swaps while {total} events flowed");
     assert!(reloads >= 10.0, "only {reloads} swaps happened");
     assert!(service.dead_letters().await.is_empty());
@@ -162,7 +187,8 @@ async fn swapping_every_200ms_under_load_loses_and_duplicates_no_event() {
 async fn broken_versions_are_refused_while_the_live_version_keeps_serving() {
     let _servers = services::shared().await;
     let mut valkey = services::valkey().await;
-    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/story-transitions.fixtures.jsonl");
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/story-transitions.fixtures.jsonl");
     let (_dir, path) = plugin_copy(STORY_TRANSITIONS);
     let service = TestService::start(Options {
         plugin: path.display().to_string(),
@@ -174,7 +200,10 @@ async fn broken_versions_are_refused_while_the_live_version_keeps_serving() {
 
     let broken: [(&str, Vec<u8>); 4] = [
         ("not a component", b"\0asm\x0d\0\x01\0garbage".to_vec()),
-        ("half-written", std::fs::read(STORY_TRANSITIONS).unwrap()[..1000].to_vec()),
+        (
+            "half-written",
+            std::fs::read(STORY_TRANSITIONS).unwrap()[..1000].to_vec(),
+        ),
         ("wrong world", std::fs::read(WRONG_WORLD).unwrap()),
         // Acks everything, so it fails the fixtures that expect rejects.
         ("fails its fixtures", std::fs::read(HOSTILE).unwrap()),
@@ -182,36 +211,62 @@ async fn broken_versions_are_refused_while_the_live_version_keeps_serving() {
     for (round, (what, bytes)) in broken.iter().enumerate() {
         replace(&path, bytes);
         let refused = (round + 1) as f64;
-        services::eventually(Duration::from_secs(30), &format!("{what} version refused"), || async {
-            match service.metric(&series("plugin_reloads", "refused")).await {
-                Some(n) if n >= refused => Ok(()),
-                n => Err(format!("refused count {n:?}")),
-            }
-        })
+        services::eventually(
+            Duration::from_secs(30),
+            &format!("{what} version refused"),
+            || async {
+                match service.metric(&series("plugin_reloads", "refused")).await {
+                    Some(n) if n >= refused => Ok(()),
+                    n => Err(format!("refused count {n:?}")),
+                }
+            },
+        )
         .await;
         // The live version still does the real work.
         let story = services::unique("LIVE-");
         let key = format!("context:{story}");
-        let _: () = redis::cmd("SET").arg(&key).arg("v").query_async(&mut valkey).await.unwrap();
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg("v")
+            .query_async(&mut valkey)
+            .await
+            .unwrap();
         service.publish(transition(&story, "t")).await;
-        services::eventually(Duration::from_secs(30), &format!("key deleted after the {what} push"), || async {
-            match existing(&mut valkey.clone(), &[key.clone()]).await? {
-                0 => Ok(()),
-                _ => Err("key still there".to_string()),
-            }
-        })
+        services::eventually(
+            Duration::from_secs(30),
+            &format!("key deleted after the {what} push"),
+            || async {
+                match existing(&mut valkey.clone(), &[key.clone()]).await? {
+                    0 => Ok(()),
+                    _ => Err("key still there".to_string()),
+                }
+            },
+        )
         .await;
     }
-    assert_eq!(service.metric(&series("plugin_reloads", "ok")).await.unwrap_or(0.0), 0.0);
+    assert_eq!(
+        service
+            .metric(&series("plugin_reloads", "ok"))
+            .await
+            .unwrap_or(0.0),
+        0.0
+    );
 
     // A good version after the bad ones goes live.
-    replace(&path, &variant(&std::fs::read(STORY_TRANSITIONS).unwrap(), 9));
-    services::eventually(Duration::from_secs(30), "good version swapped in", || async {
-        match service.metric(&series("plugin_reloads", "ok")).await {
-            Some(n) if n >= 1.0 => Ok(()),
-            n => Err(format!("ok count {n:?}")),
-        }
-    })
+    replace(
+        &path,
+        &variant(&std::fs::read(STORY_TRANSITIONS).unwrap(), 9),
+    );
+    services::eventually(
+        Duration::from_secs(30),
+        "good version swapped in",
+        || async {
+            match service.metric(&series("plugin_reloads", "ok")).await {
+                Some(n) if n >= 1.0 => Ok(()),
+                n => Err(format!("ok count {n:?}")),
+            }
+        },
+    )
     .await;
     service.settled(Duration::from_secs(30)).await;
     service.stop().await;

@@ -84,7 +84,8 @@ impl Default for Options {
 }
 
 /// The grants story-transitions needs, as in the example configurations.
-pub const STORY_TRANSITIONS_GRANTS: &str = "cache_keys = [\"context:*\"]\ngraph_labels = [\"PhaseTransition\"]";
+pub const STORY_TRANSITIONS_GRANTS: &str =
+    "cache_keys = [\"context:*\"]\ngraph_labels = [\"PhaseTransition\"]";
 
 pub fn config_toml(names: &Names, options: &Options) -> String {
     format!(
@@ -155,7 +156,11 @@ key_prefix = "context:"
         retry_base = options.retry_base,
         extra = options.extra_handler_toml,
         grants = options.grants_toml,
-        listen = names.listen.as_deref().filter(|_| options.http).unwrap_or(""),
+        listen = names
+            .listen
+            .as_deref()
+            .filter(|_| options.http)
+            .unwrap_or(""),
     )
 }
 
@@ -174,8 +179,12 @@ impl TestService {
     }
 
     pub async fn start_named(names: Names, options: Options) -> Self {
-        let config = Config::parse(&config_toml(&names, &options), "test config", std::iter::empty())
-            .expect("test configuration is valid");
+        let config = Config::parse(
+            &config_toml(&names, &options),
+            "test config",
+            std::iter::empty(),
+        )
+        .expect("test configuration is valid");
         let health = Arc::new(Health::default());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(service::run(config, health.clone(), shutdown.clone()));
@@ -238,12 +247,18 @@ impl TestService {
 
     /// Waits until the consumer has nothing pending and nothing unacked.
     pub async fn settled(&self, timeout: Duration) {
-        services::eventually(timeout, "consumer settled (0 pending, 0 unacked)", || async {
-            match self.consumer_state().await? {
-                (0, 0, _) => Ok(()),
-                (pending, ack_pending, _) => Err(format!("{pending} pending, {ack_pending} unacked")),
-            }
-        })
+        services::eventually(
+            timeout,
+            "consumer settled (0 pending, 0 unacked)",
+            || async {
+                match self.consumer_state().await? {
+                    (0, 0, _) => Ok(()),
+                    (pending, ack_pending, _) => {
+                        Err(format!("{pending} pending, {ack_pending} unacked"))
+                    }
+                }
+            },
+        )
         .await;
     }
 
@@ -253,7 +268,12 @@ impl TestService {
             Ok(stream) => stream,
             Err(_) => return Vec::new(),
         };
-        let state = stream.info().await.expect("dead-letter stream info").state.clone();
+        let state = stream
+            .info()
+            .await
+            .expect("dead-letter stream info")
+            .state
+            .clone();
         let mut messages = Vec::new();
         if state.messages == 0 {
             return messages;
@@ -273,7 +293,11 @@ impl TestService {
         let text = http_get(listen, "/metrics").await.ok()?;
         text.lines().find_map(|line| {
             let (name, value) = line.rsplit_once(' ')?;
-            if name == series { value.parse().ok() } else { None }
+            if name == series {
+                value.parse().ok()
+            } else {
+                None
+            }
         })
     }
 
@@ -319,7 +343,10 @@ pub async fn transitions_at(graph: &neo4rs::Graph, timestamp: &str) -> Result<i6
 }
 
 /// How many of `keys` exist in Valkey.
-pub async fn existing(valkey: &mut redis::aio::MultiplexedConnection, keys: &[String]) -> Result<u64, String> {
+pub async fn existing(
+    valkey: &mut redis::aio::MultiplexedConnection,
+    keys: &[String],
+) -> Result<u64, String> {
     redis::cmd("EXISTS")
         .arg(keys)
         .query_async(valkey)
@@ -332,9 +359,15 @@ pub async fn http_get(address: &str, path: &str) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address).await?;
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
         .await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
-    Ok(response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default())
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default())
 }

@@ -48,7 +48,10 @@ impl Guest for Hostile {
                 for _ in 0..mib {
                     blocks.push(vec![1u8; 1 << 20]);
                 }
-                Outcome::Reject(format!("allocated {} MiB without being stopped", blocks.len()))
+                Outcome::Reject(format!(
+                    "allocated {} MiB without being stopped",
+                    blocks.len()
+                ))
             }
             "recurse" => {
                 let mut sink = [0u64; 64];
@@ -68,7 +71,9 @@ impl Guest for Hostile {
                                 break;
                             }
                         }
-                        Err(e) => return Outcome::Reject(format!("scan refused: {}", describe(&e))),
+                        Err(e) => {
+                            return Outcome::Reject(format!("scan refused: {}", describe(&e)));
+                        }
                     }
                 }
                 Outcome::Reject(format!("scan of {argument} saw {seen} keys"))

@@ -58,7 +58,9 @@ impl Guest for Recorder {
             fields.get("key").and_then(Json::as_str),
             fields.get("n").and_then(Json::as_i64),
         ) else {
-            return Outcome::Reject("payload needs `run` (string), `key` (string) and `n` (integer)".into());
+            return Outcome::Reject(
+                "payload needs `run` (string), `key` (string) and `n` (integer)".into(),
+            );
         };
         let attempt = event.delivery_attempt;
         if let Some(until) = fields.get("retry_until").and_then(Json::as_u64)
