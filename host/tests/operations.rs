@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use switchyard_tests::artifacts::STORY_TRANSITIONS;
+use switchyard_tests::config::{Handler, Names, Plugin, Service};
 use switchyard_tests::services;
 
 const HANDLER: &str = "story-transitions";
@@ -113,117 +114,31 @@ fn poll<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Result<T, S
     panic!("{what} did not happen within {timeout:?}; last state: {last}");
 }
 
-/// Names one service run uses.
-struct Names {
-    id: String,
-    stream: String,
-    subject_root: String,
-    subject: String,
-    dead_letter_stream: String,
-    dead_letter_subject: String,
-    durable: String,
-    key_prefix: String,
-    plugin_bucket: String,
-    plugin_kv: String,
-    control_subject: String,
-    /// The handler's `plugin_object`; `None` runs the plugin file.
-    plugin_object: Option<String>,
+/// Where the cache keys of a run on `names` live.
+fn key_prefix(names: &Names) -> String {
+    format!("{}:context:", names.id)
 }
 
-impl Names {
-    fn new() -> Self {
-        let id = services::unique("ops");
-        Names {
-            stream: format!("OPS_{id}"),
-            subject_root: id.clone(),
-            subject: format!("{id}.story.transitioned"),
-            dead_letter_stream: format!("OPS_DEAD_{id}"),
-            dead_letter_subject: format!("dead.{id}"),
-            durable: format!("ops-{id}"),
-            key_prefix: format!("{id}:context:"),
-            plugin_bucket: format!("plugins-{id}"),
-            plugin_kv: format!("live-{id}"),
-            control_subject: format!("control.{id}"),
-            plugin_object: None,
-            id,
-        }
-    }
+/// story-transitions on `names`, its keys under [`key_prefix`], serving
+/// HTTP on `port`.
+fn config_toml(names: &Names, plugin: Plugin, port: u16) -> String {
+    let prefix = key_prefix(names);
+    let handler = Handler::new(HANDLER, plugin, names)
+        .set("concurrency", 8)
+        .set("ack_wait", "10s")
+        .set("deadline", "5s")
+        .config("key_prefix", prefix.as_str())
+        .grant("cache_keys", [format!("{prefix}*")])
+        .grant("graph_labels", ["PhaseTransition"]);
+    Service::new(names)
+        .set("http", "listen", format!("127.0.0.1:{port}"))
+        .handler(handler)
+        .to_toml()
+}
 
-    /// The same names, with the handler's versions coming from the control
-    /// plane under `object`.
-    fn pushed(self, object: &str) -> Self {
-        Names {
-            plugin_object: Some(object.to_string()),
-            ..self
-        }
-    }
-
-    fn config_toml(&self, port: u16) -> String {
-        format!(
-            r#"
-[nats]
-url = "{nats}"
-stream = "{stream}"
-stream_subjects = ["{root}.>"]
-dead_letter_stream = "{dead_stream}"
-dead_letter_subject = "{dead_subject}"
-plugin_bucket = "{plugin_bucket}"
-plugin_kv = "{plugin_kv}"
-control_subject = "{control_subject}"
-
-[cache]
-url = "{valkey}"
-
-[graph]
-url = "{neo4j}"
-user = "neo4j"
-password = "switchyard"
-
-[http]
-listen = "127.0.0.1:{port}"
-
-[runtime]
-max_instances = 32
-
-[[handlers]]
-name = "{HANDLER}"
-{plugin}
-subjects = ["{subject}"]
-durable = "{durable}"
-concurrency = 8
-ack_wait = "10s"
-deadline = "5s"
-
-[handlers.retry]
-base = "100ms"
-max = "2s"
-
-[handlers.config]
-key_prefix = "{key_prefix}"
-
-[handlers.grants]
-cache_keys = ["{key_prefix}*"]
-graph_labels = ["PhaseTransition"]
-"#,
-            nats = services::nats_url(),
-            valkey = services::valkey_url(),
-            neo4j = services::neo4j_url(),
-            stream = self.stream,
-            root = self.subject_root,
-            dead_stream = self.dead_letter_stream,
-            dead_subject = self.dead_letter_subject,
-            plugin_bucket = self.plugin_bucket,
-            plugin_kv = self.plugin_kv,
-            control_subject = self.control_subject,
-            plugin = match &self.plugin_object {
-                Some(object) => format!("plugin_object = {object:?}"),
-                None => format!("plugin = {STORY_TRANSITIONS:?}"),
-            },
-            subject = self.subject,
-            durable = self.durable,
-            key_prefix = self.key_prefix,
-        )
-    }
+/// The plugin file the runs use unless they take pushed versions.
+fn plugin_file() -> Plugin {
+    Plugin::File(STORY_TRANSITIONS.to_string())
 }
 
 /// `switchyard serve` as a child process; killed if a test fails before
@@ -235,11 +150,11 @@ struct Serve {
 }
 
 impl Serve {
-    fn start(names: &Names, extra_args: &[&str]) -> Self {
+    fn start(names: &Names, plugin: Plugin, extra_args: &[&str]) -> Self {
         let port = free_port();
         let dir = temp_dir(&names.id);
         let config = dir.join(format!("switchyard-{port}.toml"));
-        std::fs::write(&config, names.config_toml(port)).unwrap();
+        std::fs::write(&config, config_toml(names, plugin, port)).unwrap();
         let stderr = dir.join(format!("stderr-{port}.log"));
         let child = switchyard()
             .args(extra_args)
@@ -402,16 +317,16 @@ async fn remove_streams(js: &async_nats::jetstream::Context, names: &Names) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_scenario_shows_fifty_acks_fifty_keys_deleted_and_fifty_upserts_in_metrics() {
     let _servers = services::shared().await;
-    let names = Names::new();
+    let names = Names::new("ops");
     let mut valkey = services::valkey().await;
     let graph = services::neo4j().await;
     let js = services::jetstream().await;
 
     let keys: Vec<String> = (1..=50)
-        .map(|i| format!("{}STRESS-NEO-{i:04}", names.key_prefix))
+        .map(|i| format!("{}STRESS-NEO-{i:04}", key_prefix(&names)))
         .collect();
     // Another story whose id starts with a stress id: it must stay.
-    let other = format!("{}STRESS-NEO-00010", names.key_prefix);
+    let other = format!("{}STRESS-NEO-00010", key_prefix(&names));
     for key in keys.iter().chain([&other]) {
         let _: () = redis::cmd("SET")
             .arg(key)
@@ -422,7 +337,7 @@ async fn seed_scenario_shows_fifty_acks_fifty_keys_deleted_and_fifty_upserts_in_
     }
     let timestamp = services::unique("2026-11-26T00:00:00Z#");
 
-    let mut serve = Serve::start(&names, &[]);
+    let mut serve = Serve::start(&names, plugin_file(), &[]);
     serve.wait_ready(Duration::from_secs(60));
     let (status, body) = serve.get("/healthz").unwrap();
     assert_eq!(status, 200, "/healthz: {body}");
@@ -538,9 +453,9 @@ impl Drop for ValkeyStopped {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_valkey_down_and_back_while_healthz_stays_up() {
     let _faults = services::exclusive().await;
-    let names = Names::new();
+    let names = Names::new("ops");
     let js = services::jetstream().await;
-    let mut serve = Serve::start(&names, &[]);
+    let mut serve = Serve::start(&names, plugin_file(), &[]);
     serve.wait_ready(Duration::from_secs(60));
     assert_eq!(serve.get("/healthz").unwrap().0, 200);
 
@@ -581,12 +496,8 @@ async fn readyz_follows_valkey_down_and_back_while_healthz_stays_up() {
 
 /// The story-transitions component with a custom section appended: the
 /// same behaviour under a new digest.
-fn variant(dir: &std::path::Path, tag: u8) -> PathBuf {
-    let mut bytes = std::fs::read(STORY_TRANSITIONS).unwrap();
-    let name = b"variant";
-    bytes.extend_from_slice(&[0, (name.len() + 2) as u8, name.len() as u8]);
-    bytes.extend_from_slice(name);
-    bytes.push(tag);
+fn variant(dir: &std::path::Path, tag: u32) -> PathBuf {
+    let bytes = switchyard_tests::artifacts::story_transitions_variant(tag);
     let path = dir.join(format!("story-transitions-{tag}.wasm"));
     std::fs::write(&path, bytes).unwrap();
     path
@@ -668,11 +579,15 @@ async fn plugin_push_reaches_two_host_processes_and_rollback_restores_the_previo
     let _servers = services::shared().await;
     let graph = services::neo4j().await;
     let js = services::jetstream().await;
-    let names = Names::new().pushed(HANDLER);
+    let names = Names::new("ops");
     let dir = temp_dir(&names.id);
     // The operator's own copy of the configuration (its http port is unused).
     let config = dir.join("operator.toml");
-    std::fs::write(&config, names.config_toml(free_port())).unwrap();
+    std::fs::write(
+        &config,
+        config_toml(&names, Plugin::Object(HANDLER.to_string()), free_port()),
+    )
+    .unwrap();
     let (first, second) = (variant(&dir, 1), variant(&dir, 2));
     let (first_digest, second_digest) = (digest_of(&first), digest_of(&second));
     let fixtures = example("story-transitions.fixtures.jsonl");
@@ -692,8 +607,9 @@ async fn plugin_push_reaches_two_host_processes_and_rollback_restores_the_previo
     let (ok, stdout, stderr) = push(&first);
     assert!(ok, "first push: {stdout}{stderr}");
     assert!(stdout.contains(&first_digest), "{stdout}");
-    let mut host_a = Serve::start(&names, &[]);
-    let mut host_b = Serve::start(&names, &[]);
+    let pushed = || Plugin::Object(HANDLER.to_string());
+    let mut host_a = Serve::start(&names, pushed(), &[]);
+    let mut host_b = Serve::start(&names, pushed(), &[]);
     host_a.wait_ready(Duration::from_secs(60));
     host_b.wait_ready(Duration::from_secs(60));
     let pids = {
@@ -1063,9 +979,9 @@ async fn serve_exports_event_and_dispatch_spans_and_flushes_on_sigterm() {
     let _servers = services::shared().await;
     let collector = Collector::start();
     let endpoint = format!("http://127.0.0.1:{}", collector.port);
-    let names = Names::new();
+    let names = Names::new("ops");
     let js = services::jetstream().await;
-    let mut serve = Serve::start(&names, &["--otlp-endpoint", &endpoint]);
+    let mut serve = Serve::start(&names, plugin_file(), &["--otlp-endpoint", &endpoint]);
     serve.wait_ready(Duration::from_secs(60));
     let timestamp = services::unique("2026-11-26T00:00:00Z#");
     for i in 1..=3 {

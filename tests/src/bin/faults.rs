@@ -31,7 +31,6 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed check panics with its reason
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +42,7 @@ use bytes::Bytes;
 use futures::FutureExt as _;
 use serde_json::{Value as Json, json};
 use switchyard_tests::artifacts::STORY_TRANSITIONS;
+use switchyard_tests::config::{Handler, Names, Plugin, Service};
 use switchyard_tests::services;
 use tokio::process::{Child, Command};
 
@@ -85,36 +85,14 @@ fn parse_args() -> Result<Options, String> {
 
 // --- names, configuration ------------------------------------------------------
 
-/// Names of one row: stream, subjects, durables, key prefix, story prefix.
-struct Names {
-    id: String,
-    stream: String,
-    subject: String,
-    dead_stream: String,
-    dead_subject: String,
-    key_prefix: String,
+/// Where a row's cache keys live: `<id>:`.
+fn key_prefix(names: &Names) -> String {
+    format!("{}:", names.id)
 }
 
-impl Names {
-    fn new(tag: &str) -> Self {
-        let id = services::unique(tag);
-        Names {
-            stream: format!("FAULTS_{id}"),
-            subject: format!("{id}.story.transitioned"),
-            dead_stream: format!("FAULTS_DEAD_{id}"),
-            dead_subject: format!("faults.dead.{id}"),
-            key_prefix: format!("{id}:"),
-            id,
-        }
-    }
-
-    fn durable(&self, handler: &str) -> String {
-        format!("{}-{handler}", self.id)
-    }
-
-    fn story(&self, i: usize) -> String {
-        format!("{}-S{i:05}", self.id)
-    }
+/// The `i`th story of a row.
+fn story(names: &Names, i: usize) -> String {
+    format!("{}-S{i:05}", names.id)
 }
 
 struct HandlerSpec {
@@ -147,84 +125,35 @@ fn valkey_db_url() -> String {
 }
 
 fn config_toml(names: &Names, handlers: &[HandlerSpec], max_instances: u32) -> String {
-    let mut text = format!(
-        r#"[nats]
-url = "{nats}"
-stream = "{stream}"
-stream_subjects = ["{id}.>"]
-dead_letter_stream = "{dead_stream}"
-dead_letter_subject = "{dead_subject}"
-
-[cache]
-url = "{valkey}"
-
-[graph]
-url = "{neo4j}"
-user = "neo4j"
-password = "switchyard"
-
-[http]
-listen = "127.0.0.1:0"
-
-[runtime]
-max_instances = {max_instances}
-"#,
-        nats = services::nats_url(),
-        valkey = valkey_db_url(),
-        neo4j = services::neo4j_url(),
-        stream = names.stream,
-        id = names.id,
-        dead_stream = names.dead_stream,
-        dead_subject = names.dead_subject,
-    );
-    for handler in handlers {
-        let order = if handler.ordered {
-            r#"order_key = ["/payload/story_id", "/story_id"]"#
-        } else {
-            ""
-        };
-        let _ = write!(
-            text,
-            r#"
-[[handlers]]
-name = "{name}"
-plugin = "{plugin}"
-subjects = ["{subject}"]
-durable = "{durable}"
-max_deliver = {max_deliver}
-concurrency = {concurrency}
-max_ack_pending = 4096
-ack_wait = "{ack_wait}"
-deadline = "{deadline}"
-drain_grace = "10s"
-max_host_calls = 100000
-{order}
-
-[handlers.retry]
-base = "100ms"
-max = "2s"
-
-[handlers.grants]
-cache_keys = ["{key_prefix}*"]
-graph_labels = ["PhaseTransition"]
-
-[handlers.config]
-key_prefix = "{key_prefix}"
-retry_base_ms = 100
-retry_max_ms = 2000
-"#,
-            name = handler.name,
-            plugin = STORY_TRANSITIONS,
-            subject = names.subject,
-            durable = names.durable(&handler.name),
-            max_deliver = handler.max_deliver,
-            concurrency = handler.concurrency,
-            ack_wait = handler.ack_wait,
-            deadline = handler.deadline,
-            key_prefix = names.key_prefix,
-        );
+    let prefix = key_prefix(names);
+    let mut service = Service::new(names)
+        .set("cache", "url", valkey_db_url())
+        .set("http", "listen", "127.0.0.1:0")
+        .set("runtime", "max_instances", max_instances);
+    for spec in handlers {
+        let mut handler = Handler::new(
+            &spec.name,
+            Plugin::File(STORY_TRANSITIONS.to_string()),
+            names,
+        )
+        .set("max_deliver", spec.max_deliver)
+        .set("concurrency", spec.concurrency)
+        .set("max_ack_pending", 4096)
+        .set("ack_wait", spec.ack_wait)
+        .set("deadline", spec.deadline)
+        .set("drain_grace", "10s")
+        .set("max_host_calls", 100_000)
+        .grant("cache_keys", [format!("{prefix}*")])
+        .grant("graph_labels", ["PhaseTransition"])
+        .config("key_prefix", prefix.as_str())
+        .config("retry_base_ms", "100")
+        .config("retry_max_ms", "2000");
+        if spec.ordered {
+            handler = handler.set("order_key", vec!["/payload/story_id", "/story_id"]);
+        }
+        service = service.handler(handler);
     }
-    text
+    service.to_toml()
 }
 
 // --- host processes ------------------------------------------------------------
@@ -668,7 +597,7 @@ async fn neo4j() -> neo4rs::Graph {
 
 /// Messages in the dead-letter stream for `subject` (all handlers: `<subject>.>`).
 async fn dead_letter_count(js: &Context, names: &Names) -> u64 {
-    let Ok(mut stream) = js.get_stream(&names.dead_stream).await else {
+    let Ok(mut stream) = js.get_stream(&names.dead_letter_stream).await else {
         return 0;
     };
     stream
@@ -827,6 +756,68 @@ impl Fleet {
     }
 }
 
+/// The node ids `per_story` transitions of each of `stories` write.
+fn event_ids(stories: &[String], per_story: usize) -> HashSet<String> {
+    (0..per_story)
+        .flat_map(|t| stories.iter().map(move |s| format!("{s}:t{t:02}")))
+        .collect()
+}
+
+/// Waits until every id in `expected` has its node and `durable` has
+/// nothing outstanding.
+async fn wait_all_handled(
+    js: &Context,
+    graph: &neo4rs::Graph,
+    names: &Names,
+    durable: &str,
+    expected: &HashSet<String>,
+    timeout: Duration,
+) {
+    let prefix = format!("{}-", names.id);
+    let durables = [durable.to_string()];
+    wait_until(timeout, "every event handled", || async {
+        let nodes = nodes_by_id(graph, &prefix).await?;
+        let remaining = consumer_remaining(js, &names.stream, &durables).await;
+        if nodes.len() == expected.len() && remaining == Some(0) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} of {} nodes, {remaining:?} outstanding",
+                nodes.len(),
+                expected.len()
+            ))
+        }
+    })
+    .await;
+}
+
+/// Fills in what the row lost (missing nodes, stories with keys left),
+/// duplicated (extra nodes per id) and dead-lettered.
+async fn count_effects(
+    js: &Context,
+    graph: &neo4rs::Graph,
+    names: &Names,
+    stories: &[String],
+    expected: &HashSet<String>,
+    result: &mut RowResult,
+) {
+    let nodes = nodes_by_id(graph, &format!("{}-", names.id))
+        .await
+        .expect("nodes");
+    result.lost = expected
+        .iter()
+        .filter(|id| !nodes.contains_key(*id))
+        .count() as u64;
+    let keys_left = stories_with_keys(&key_prefix(names), stories).await;
+    result.lost += keys_left;
+    result.duplicated = nodes.values().map(|&c| (c - 1).max(0) as u64).sum();
+    result.dead_lettered = dead_letter_count(js, names).await;
+    result.check(
+        keys_left == 0,
+        format!("every story's keys invalidated ({keys_left} stories left)"),
+    );
+}
+
 async fn row_kill(options: &Options, js: &Context) -> RowResult {
     let graph = &neo4j().await;
     let (total, kills) = if options.short {
@@ -843,8 +834,8 @@ async fn row_kill(options: &Options, js: &Context) -> RowResult {
         ..RowResult::default()
     };
     flush_db().await;
-    let stories: Vec<String> = (0..stories_count).map(|i| names.story(i)).collect();
-    seed_keys(&names.key_prefix, &stories, None).await;
+    let stories: Vec<String> = (0..stories_count).map(|i| story(&names, i)).collect();
+    seed_keys(&key_prefix(&names), &stories, None).await;
     let handler = HandlerSpec::new("story-transitions");
     let durable = names.durable(&handler.name);
     let mut fleet = Fleet::new(options, "kill", &config_toml(&names, &[handler], 64));
@@ -909,38 +900,18 @@ async fn row_kill(options: &Options, js: &Context) -> RowResult {
         fleet.kill_and_replace(options, index).await;
     }
     publisher.await.expect("publisher");
-    let expected: HashSet<String> = (0..per_story)
-        .flat_map(|t| stories.iter().map(move |s| format!("{s}:t{t:02}")))
-        .collect();
-    let prefix = format!("{}-", names.id);
-    wait_until(Duration::from_secs(900), "every event handled", || async {
-        let nodes = nodes_by_id(graph, &prefix).await?;
-        let remaining = consumer_remaining(js, &names.stream, std::slice::from_ref(&durable)).await;
-        if nodes.len() == expected.len() && remaining == Some(0) {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} of {} nodes, {remaining:?} outstanding",
-                nodes.len(),
-                expected.len()
-            ))
-        }
-    })
+    let expected = event_ids(&stories, per_story);
+    wait_all_handled(
+        js,
+        graph,
+        &names,
+        &durable,
+        &expected,
+        Duration::from_secs(900),
+    )
     .await;
     result.max_stall = monitor.finish().await;
-    let nodes = nodes_by_id(graph, &prefix).await.expect("nodes");
-    result.lost = expected
-        .iter()
-        .filter(|id| !nodes.contains_key(*id))
-        .count() as u64;
-    let keys_left = stories_with_keys(&names.key_prefix, &stories).await;
-    result.lost += keys_left;
-    result.duplicated = nodes.values().map(|&c| (c - 1).max(0) as u64).sum();
-    result.dead_lettered = dead_letter_count(js, &names).await;
-    result.check(
-        keys_left == 0,
-        format!("every story's keys invalidated ({keys_left} stories left)"),
-    );
+    count_effects(js, graph, &names, &stories, &expected, &mut result).await;
     fleet.stop(&mut result).await;
     let logs = read_logs(&fleet.logs);
     result.checks.push(format!(
@@ -962,8 +933,8 @@ async fn row_nats(options: &Options, js: &Context) -> RowResult {
         ..RowResult::default()
     };
     flush_db().await;
-    let stories: Vec<String> = (0..total / per_story).map(|i| names.story(i)).collect();
-    seed_keys(&names.key_prefix, &stories, None).await;
+    let stories: Vec<String> = (0..total / per_story).map(|i| story(&names, i)).collect();
+    seed_keys(&key_prefix(&names), &stories, None).await;
     let handler = HandlerSpec::new("story-transitions");
     let durable = names.durable(&handler.name);
     let mut fleet = Fleet::new(options, "nats", &config_toml(&names, &[handler], 64));
@@ -1006,38 +977,18 @@ async fn row_nats(options: &Options, js: &Context) -> RowResult {
     )
     .await;
     restart.await.expect("restart nats");
-    let expected: HashSet<String> = (0..per_story)
-        .flat_map(|t| stories.iter().map(move |s| format!("{s}:t{t:02}")))
-        .collect();
-    let prefix = format!("{}-", names.id);
-    wait_until(Duration::from_secs(600), "every event handled", || async {
-        let nodes = nodes_by_id(graph, &prefix).await?;
-        let remaining = consumer_remaining(js, &names.stream, std::slice::from_ref(&durable)).await;
-        if nodes.len() == expected.len() && remaining == Some(0) {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} of {} nodes, {remaining:?} outstanding",
-                nodes.len(),
-                expected.len()
-            ))
-        }
-    })
+    let expected = event_ids(&stories, per_story);
+    wait_all_handled(
+        js,
+        graph,
+        &names,
+        &durable,
+        &expected,
+        Duration::from_secs(600),
+    )
     .await;
     result.max_stall = monitor.finish().await;
-    let nodes = nodes_by_id(graph, &prefix).await.expect("nodes");
-    result.lost = expected
-        .iter()
-        .filter(|id| !nodes.contains_key(*id))
-        .count() as u64;
-    let keys_left = stories_with_keys(&names.key_prefix, &stories).await;
-    result.lost += keys_left;
-    result.duplicated = nodes.values().map(|&c| (c - 1).max(0) as u64).sum();
-    result.dead_lettered = dead_letter_count(js, &names).await;
-    result.check(
-        keys_left == 0,
-        format!("every story's keys invalidated ({keys_left} stories left)"),
-    );
+    count_effects(js, graph, &names, &stories, &expected, &mut result).await;
     let stored = js
         .get_stream(&names.stream)
         .await
@@ -1068,9 +1019,9 @@ async fn row_valkey(options: &Options, js: &Context) -> RowResult {
         ..RowResult::default()
     };
     flush_db().await;
-    let stories: Vec<String> = (0..small).map(|i| names.story(i)).collect();
+    let stories: Vec<String> = (0..small).map(|i| story(&names, i)).collect();
     let big = format!("{}-BIG", names.id);
-    let seeded = seed_keys(&names.key_prefix, &stories, Some((&big, big_keys))).await;
+    let seeded = seed_keys(&key_prefix(&names), &stories, Some((&big, big_keys))).await;
     let mut handler = HandlerSpec::new("story-transitions");
     handler.ack_wait = "60s";
     handler.deadline = "50s";
@@ -1201,7 +1152,7 @@ async fn row_neo4j(options: &Options, js: &Context) -> RowResult {
     let mut fleet = Fleet::new(options, "neo4j", &config_toml(&names, &specs, 160));
     fleet.spawn(options);
     fleet.ready().await;
-    let stories: Vec<String> = (0..total).map(|i| names.story(i)).collect();
+    let stories: Vec<String> = (0..total).map(|i| story(&names, i)).collect();
     let payloads: Vec<Bytes> = stories
         .iter()
         .map(|s| transition(s, "t00", false))
@@ -1351,8 +1302,10 @@ async fn row_malformed(options: &Options, js: &Context) -> RowResult {
         ..RowResult::default()
     };
     flush_db().await;
-    let stories: Vec<String> = (0..bad_count / per_story).map(|i| names.story(i)).collect();
-    seed_keys(&names.key_prefix, &stories, None).await;
+    let stories: Vec<String> = (0..bad_count / per_story)
+        .map(|i| story(&names, i))
+        .collect();
+    seed_keys(&key_prefix(&names), &stories, None).await;
     let handler = HandlerSpec::new("story-transitions");
     let durable = names.durable(&handler.name);
     let mut fleet = Fleet::new(options, "malformed", &config_toml(&names, &[handler], 64));
@@ -1403,7 +1356,7 @@ async fn row_malformed(options: &Options, js: &Context) -> RowResult {
     .await;
     result.max_stall = monitor.finish().await;
     let nodes = nodes_by_id(graph, &prefix).await.expect("nodes");
-    let keys_left = stories_with_keys(&names.key_prefix, &stories).await;
+    let keys_left = stories_with_keys(&key_prefix(&names), &stories).await;
     result.lost = expected
         .iter()
         .filter(|id| !nodes.contains_key(*id))

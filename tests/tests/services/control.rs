@@ -6,23 +6,15 @@ use std::time::Duration;
 
 use switchyard::control::{ControlPlane, gather_status};
 use switchyard::runtime::Digest;
-use switchyard_tests::artifacts::{HOSTILE, STORY_TRANSITIONS};
+use switchyard_tests::artifacts::{HOSTILE, story_transitions_variant};
 use switchyard_tests::services;
 
-use crate::support::{HANDLER, Names, Options, TestService, transition, transitions_at};
+use crate::support::{
+    HANDLER, Names, Options, TestService, default_config, transition, transitions_at,
+};
 
 const OBJECT: &str = "story-transitions";
 const WAIT: Duration = Duration::from_secs(30);
-
-/// The same component with a custom section appended: a new digest.
-fn variant(tag: u8) -> Vec<u8> {
-    let mut bytes = std::fs::read(STORY_TRANSITIONS).unwrap();
-    let name = b"variant";
-    bytes.extend_from_slice(&[0, (name.len() + 2) as u8, name.len() as u8]);
-    bytes.extend_from_slice(name);
-    bytes.push(tag);
-    bytes
-}
 
 /// Digests the hosts answering on the control subject run for the handler.
 async fn fleet_digests(client: &async_nats::Client, names: &Names) -> Vec<String> {
@@ -60,17 +52,12 @@ async fn fleet_on(client: &async_nats::Client, names: &Names, digest: &str, host
 async fn push_reaches_two_hosts_and_rollback_restores_the_previous_digest() {
     let _servers = services::shared().await;
     let graph = services::neo4j().await;
-    let names = Names::new();
+    let names = Names::new("t");
     let client = async_nats::connect(services::nats_url()).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
-    let config = switchyard::config::Config::parse(
-        &crate::support::config_toml(&names, &Options::default()),
-        "control test",
-        std::iter::empty(),
-    )
-    .unwrap();
+    let config = default_config(&names);
     let control = ControlPlane::open(&js, &config.nats).await.unwrap();
-    let (first, second) = (variant(1), variant(2));
+    let (first, second) = (story_transitions_variant(1), story_transitions_variant(2));
     control.push(OBJECT, &first, None, false).await.unwrap();
 
     let options = || Options {
@@ -123,17 +110,12 @@ async fn push_reaches_two_hosts_and_rollback_restores_the_previous_digest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_version_failing_its_fixtures_is_refused_by_every_host() {
     let _servers = services::shared().await;
-    let names = Names::new();
+    let names = Names::new("t");
     let client = async_nats::connect(services::nats_url()).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
-    let config = switchyard::config::Config::parse(
-        &crate::support::config_toml(&names, &Options::default()),
-        "control test",
-        std::iter::empty(),
-    )
-    .unwrap();
+    let config = default_config(&names);
     let control = ControlPlane::open(&js, &config.nats).await.unwrap();
-    let good = variant(1);
+    let good = story_transitions_variant(1);
     control.push(OBJECT, &good, None, false).await.unwrap();
     let host = TestService::start_named(
         names.clone(),
@@ -201,17 +183,12 @@ async fn shadow_candidate_reports_a_planted_difference_without_side_effects() {
     let _servers = services::shared().await;
     let mut valkey = services::valkey().await;
     let graph = services::neo4j().await;
-    let names = Names::new();
+    let names = Names::new("t");
     let client = async_nats::connect(services::nats_url()).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
-    let config = switchyard::config::Config::parse(
-        &crate::support::config_toml(&names, &Options::default()),
-        "control test",
-        std::iter::empty(),
-    )
-    .unwrap();
+    let config = default_config(&names);
     let control = ControlPlane::open(&js, &config.nats).await.unwrap();
-    let live = variant(1);
+    let live = story_transitions_variant(1);
     control.push(OBJECT, &live, None, false).await.unwrap();
     let host = TestService::start_named(
         names.clone(),

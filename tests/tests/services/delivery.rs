@@ -8,20 +8,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test reports by panicking
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::Context;
 use serde_json::json;
-use switchyard::config::Config;
-use switchyard::service::{self, Health};
-use switchyard::source::jetstream::{self, DeadLetterSource};
+use switchyard::source::jetstream;
 use switchyard_tests::artifacts::RECORDER;
 use switchyard_tests::services;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-use crate::support::Names;
+use crate::support::{Names, TestService};
+use switchyard_tests::config::{Handler, Plugin};
 
 const HANDLER: &str = "recorder";
 const SETTLE: Duration = Duration::from_secs(60);
@@ -32,10 +27,10 @@ struct Settings {
     ack_wait: &'static str,
     deadline: &'static str,
     drain_grace: &'static str,
-    /// A TOML line such as `order_key = "/key"`, or empty.
-    order: &'static str,
-    /// Lines for `[handlers.config]`.
-    plugin_config: &'static str,
+    /// The `order_key` JSON pointers, if events of one key run in order.
+    order: &'static [&'static str],
+    /// `[handlers.config]` entries.
+    plugin_config: &'static [(&'static str, &'static str)],
 }
 
 impl Default for Settings {
@@ -45,185 +40,32 @@ impl Default for Settings {
             ack_wait: "10s",
             deadline: "8s",
             drain_grace: "20s",
-            order: "",
-            plugin_config: "",
+            order: &[],
+            plugin_config: &[],
         }
     }
 }
 
-fn config_toml(names: &Names, settings: &Settings) -> String {
-    format!(
-        r#"
-[nats]
-url = "{nats}"
-stream = "{stream}"
-stream_subjects = ["{root}.>"]
-dead_letter_stream = "{dead_stream}"
-dead_letter_subject = "{dead_subject}"
-
-[cache]
-url = "{valkey}"
-
-[graph]
-url = "{neo4j}"
-user = "neo4j"
-password = "switchyard"
-
-[http]
-listen = ""
-
-[runtime]
-max_instances = 32
-
-[[handlers]]
-name = "{HANDLER}"
-plugin = "{RECORDER}"
-subjects = ["{subject}"]
-durable = "{durable}"
-max_deliver = 5
-concurrency = {concurrency}
-ack_wait = "{ack_wait}"
-deadline = "{deadline}"
-drain_grace = "{drain_grace}"
-{order}
-
-[handlers.retry]
-base = "100ms"
-max = "1s"
-
-[handlers.grants]
-graph_labels = ["Handled"]
-
-[handlers.config]
-{plugin_config}
-"#,
-        nats = services::nats_url(),
-        valkey = services::valkey_url(),
-        neo4j = services::neo4j_url(),
-        stream = names.stream,
-        root = names.subject_root,
-        dead_stream = names.dead_letter_stream,
-        dead_subject = names.dead_letter_subject,
-        subject = names.subject,
-        durable = names.durable,
-        concurrency = settings.concurrency,
-        ack_wait = settings.ack_wait,
-        deadline = settings.deadline,
-        drain_grace = settings.drain_grace,
-        order = settings.order,
-        plugin_config = settings.plugin_config,
-    )
-}
-
-/// An in-process service running the recorder.
-struct Service {
-    names: Names,
-    js: Context,
-    shutdown: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Service {
-    async fn start(names: Names, settings: &Settings) -> Self {
-        let config = Config::parse(
-            &config_toml(&names, settings),
-            "delivery test config",
-            std::iter::empty(),
-        )
-        .expect("test configuration is valid");
-        let health = Arc::new(Health::default());
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(service::run(config, health.clone(), shutdown.clone()));
-        services::eventually(Duration::from_secs(30), "service ready", || {
-            let health = health.clone();
-            async move {
-                if health.ready() {
-                    Ok(())
-                } else {
-                    Err("not ready".to_string())
-                }
-            }
-        })
-        .await;
-        Service {
-            names,
-            js: services::jetstream().await,
-            shutdown,
-            task,
-        }
+/// The recorder on `names` with `settings`, running and ready.
+async fn start(names: Names, settings: &Settings) -> TestService {
+    let mut handler = Handler::new(HANDLER, Plugin::File(RECORDER.to_string()), &names)
+        .set("max_deliver", 5)
+        .set("concurrency", settings.concurrency)
+        .set("ack_wait", settings.ack_wait)
+        .set("deadline", settings.deadline)
+        .set("drain_grace", settings.drain_grace)
+        .retry("max", "1s")
+        .grant("graph_labels", ["Handled"]);
+    if !settings.order.is_empty() {
+        handler = handler.set("order_key", settings.order.to_vec());
     }
-
-    async fn publish(&self, payload: serde_json::Value) -> u64 {
-        self.publish_with(payload, &[]).await
+    for (key, value) in settings.plugin_config {
+        handler = handler.config(key, *value);
     }
-
-    async fn publish_with(&self, payload: serde_json::Value, headers: &[(&str, &str)]) -> u64 {
-        let mut map = async_nats::HeaderMap::new();
-        for (name, value) in headers {
-            map.insert(*name, *value);
-        }
-        let ack = self
-            .js
-            .publish_with_headers(self.names.subject.clone(), map, payload.to_string().into())
-            .await
-            .expect("publish")
-            .await
-            .expect("publish acknowledged");
-        ack.sequence
-    }
-
-    /// (pending, ack pending, redelivered) of the durable consumer.
-    async fn consumer_state(&self) -> Result<(u64, usize, usize), String> {
-        consumer_state(&self.js, &self.names).await
-    }
-
-    async fn settled(&self) {
-        services::eventually(
-            SETTLE,
-            "consumer settled (0 pending, 0 unacked)",
-            || async {
-                match self.consumer_state().await? {
-                    (0, 0, _) => Ok(()),
-                    (pending, ack_pending, _) => {
-                        Err(format!("{pending} pending, {ack_pending} unacked"))
-                    }
-                }
-            },
-        )
-        .await;
-    }
-
-    /// Cancels the service and waits for `run` to return; how long it took.
-    async fn stop(self) -> Duration {
-        let started = Instant::now();
-        self.shutdown.cancel();
-        match tokio::time::timeout(Duration::from_secs(40), self.task).await {
-            Ok(Ok(Ok(()))) => started.elapsed(),
-            Ok(Ok(Err(error))) => panic!("service failed: {error:#}"),
-            Ok(Err(join)) => panic!("service task panicked: {join}"),
-            Err(_) => panic!("service did not stop within 40 s"),
-        }
-    }
-
-    fn dead_letter_source(&self) -> DeadLetterSource {
-        DeadLetterSource::new(
-            &self.names.dead_letter_stream,
-            &self.names.dead_letter_subject,
-            HANDLER,
-        )
-    }
-}
-
-async fn consumer_state(js: &Context, names: &Names) -> Result<(u64, usize, usize), String> {
-    let stream = js
-        .get_stream(&names.stream)
-        .await
-        .map_err(|e| e.to_string())?;
-    let info = stream
-        .consumer_info(&names.durable)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((info.num_pending, info.num_ack_pending, info.num_redelivered))
+    let config = switchyard_tests::config::Service::new(&names)
+        .handler(handler)
+        .parse();
+    TestService::run(names, HANDLER, config, None).await
 }
 
 /// One recorded delivery.
@@ -300,10 +142,10 @@ async fn events_of_a_key_run_one_at_a_time_in_stream_order_while_keys_run_in_par
     let graph = services::neo4j().await;
     let settings = Settings {
         concurrency: 4,
-        order: r#"order_key = ["/payload/key", "/key"]"#,
+        order: &["/payload/key", "/key"],
         ..Settings::default()
     };
-    let service = Service::start(Names::new(), &settings).await;
+    let service = start(Names::new("d"), &settings).await;
     let run = services::unique("order");
     let keys = ["k0", "k1", "k2", "k3", "k4"];
     let per_key = 8i64;
@@ -319,11 +161,11 @@ async fn events_of_a_key_run_one_at_a_time_in_stream_order_while_keys_run_in_par
             if (n as usize + i) % 2 == 1 {
                 event = json!({"event_type": "recorded", "payload": event});
             }
-            service.publish(event).await;
+            service.publish(event.to_string()).await;
         }
     }
     let found = wait_for_records(&graph, &run, keys.len() * per_key as usize).await;
-    service.settled().await;
+    service.settled(SETTLE).await;
 
     let mut by_key: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
     for record in &found {
@@ -393,17 +235,17 @@ async fn drain_naks_unstarted_events_at_once_and_leaves_nothing_unsettled() {
     let settings = Settings {
         concurrency: 2,
         ack_wait: "30s",
-        order: r#"order_key = "/key""#,
+        order: &["/key"],
         ..Settings::default()
     };
-    let names = Names::new();
-    let service = Service::start(names.clone(), &settings).await;
+    let names = Names::new("d");
+    let service = start(names.clone(), &settings).await;
     let run = services::unique("drain");
     let total = 30usize;
     for n in 0..total {
         let key = format!("k{}", n % 3);
         service
-            .publish(json!({"run": run, "key": key, "n": n, "sleep_ms": 300}))
+            .publish(json!({"run": run, "key": key, "n": n, "sleep_ms": 300}).to_string())
             .await;
     }
     // Mid-flight: some events done, more held (running or queued by key).
@@ -430,9 +272,9 @@ async fn drain_naks_unstarted_events_at_once_and_leaves_nothing_unsettled() {
     );
 
     let restarted = Instant::now();
-    let service = Service::start(names, &settings).await;
+    let service = start(names, &settings).await;
     let found = wait_for_records(&graph, &run, total).await;
-    service.settled().await;
+    service.settled(SETTLE).await;
     let took = restarted.elapsed();
     assert!(
         took < WELL_INSIDE_ACK_WAIT,
@@ -466,12 +308,12 @@ async fn events_still_running_after_the_drain_grace_are_stopped_and_nakd() {
         drain_grace: "1s",
         ..Settings::default()
     };
-    let names = Names::new();
-    let service = Service::start(names.clone(), &settings).await;
+    let names = Names::new("d");
+    let service = start(names.clone(), &settings).await;
     let run = services::unique("grace");
     for n in 0..2 {
         service
-            .publish(json!({"run": run, "key": "k", "n": n, "sleep_ms": 5000}))
+            .publish(json!({"run": run, "key": "k", "n": n, "sleep_ms": 5000}).to_string())
             .await;
     }
     services::eventually(SETTLE, "both events running", || async {
@@ -496,7 +338,7 @@ async fn events_still_running_after_the_drain_grace_are_stopped_and_nakd() {
     );
 
     let restarted = Instant::now();
-    let service = Service::start(names, &settings).await;
+    let service = start(names, &settings).await;
     let found = wait_for_records(&graph, &run, 2).await;
     let took = restarted.elapsed();
     assert!(
@@ -507,7 +349,7 @@ async fn events_still_running_after_the_drain_grace_are_stopped_and_nakd() {
         found.iter().all(|r| r.attempt == 2),
         "handled on the redelivery: {found:?}"
     );
-    service.settled().await;
+    service.settled(SETTLE).await;
     service.stop().await;
 }
 
@@ -522,21 +364,21 @@ async fn events_held_longer_than_ack_wait_are_kept_alive_not_redelivered() {
         concurrency: 4,
         ack_wait: "2s",
         deadline: "1900ms",
-        order: r#"order_key = "/key""#,
+        order: &["/key"],
         ..Settings::default()
     };
-    let service = Service::start(Names::new(), &settings).await;
+    let service = start(Names::new("d"), &settings).await;
     let run = services::unique("progress");
     for n in 0..3 {
         service
-            .publish(json!({"run": run, "key": "slow", "n": n, "sleep_ms": 1500}))
+            .publish(json!({"run": run, "key": "slow", "n": n, "sleep_ms": 1500}).to_string())
             .await;
     }
     service
-        .publish(json!({"run": run, "key": "solo", "n": 0, "sleep_ms": 1800}))
+        .publish(json!({"run": run, "key": "solo", "n": 0, "sleep_ms": 1800}).to_string())
         .await;
     let found = wait_for_records(&graph, &run, 4).await;
-    service.settled().await;
+    service.settled(SETTLE).await;
     // Give a wrongly redelivered event time to show up.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let found_later = records(&graph, &run).await;
@@ -560,8 +402,8 @@ async fn events_held_longer_than_ack_wait_are_kept_alive_not_redelivered() {
 async fn dead_letters_are_listed_then_replayed_after_a_fix() {
     let _servers = services::shared().await;
     let graph = services::neo4j().await;
-    let names = Names::new();
-    let service = Service::start(names.clone(), &Settings::default()).await;
+    let names = Names::new("d");
+    let service = start(names.clone(), &Settings::default()).await;
     let run = services::unique("dlq");
     let mut sequences = Vec::new();
     for n in 0..3 {
@@ -571,12 +413,16 @@ async fn dead_letters_are_listed_then_replayed_after_a_fix() {
         } else {
             &[]
         };
-        sequences.push(service.publish_with(event, headers).await);
+        sequences.push(
+            service
+                .publish_with_headers(event.to_string(), headers)
+                .await,
+        );
     }
     service
-        .publish(json!({"run": run, "key": "k", "n": 3}))
+        .publish(json!({"run": run, "key": "k", "n": 3}).to_string())
         .await;
-    service.settled().await;
+    service.settled(SETTLE).await;
     let source = service.dead_letter_source();
     let letters = services::eventually(SETTLE, "three dead letters", || async {
         let letters = jetstream::dead_letters(&service.js, &source)
@@ -626,10 +472,10 @@ async fn dead_letters_are_listed_then_replayed_after_a_fix() {
 
     // The fix: the handler now accepts what it rejected.
     let settings = Settings {
-        plugin_config: r#"accept_rejects = "yes""#,
+        plugin_config: &[("accept_rejects", "yes")],
         ..Settings::default()
     };
-    let service = Service::start(names.clone(), &settings).await;
+    let service = start(names.clone(), &settings).await;
     let mut replayed = Vec::new();
     let report = jetstream::replay_dead_letters(
         &service.js,
@@ -675,7 +521,7 @@ async fn dead_letters_are_listed_then_replayed_after_a_fix() {
     assert_eq!(report.replayed, 1, "{report:?}");
 
     let found = wait_for_records(&graph, &run, 4).await;
-    service.settled().await;
+    service.settled(SETTLE).await;
     assert!(
         jetstream::dead_letters(&service.js, &source)
             .await

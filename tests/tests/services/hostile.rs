@@ -11,22 +11,20 @@ use switchyard::source::jetstream::headers;
 use switchyard_tests::artifacts::HOSTILE;
 use switchyard_tests::services;
 
-use crate::support::{
-    HANDLER, Options, STORY_TRANSITIONS_GRANTS, TestService, existing, transition, transitions_at,
-};
+use crate::support::{HANDLER, Options, TestService, existing, grant, transition, transitions_at};
 
 const SETTLE: Duration = Duration::from_secs(60);
 
 /// The hostile guest on its own stream: two deliveries before a dead
 /// letter, a 500 ms deadline, the default memory cap (64 MiB) and host-call
 /// budget (10,000), and `grants` as its `[handlers.grants]`.
-async fn hostile(grants: &str) -> TestService {
+async fn hostile(grants: Vec<(&'static str, Vec<String>)>) -> TestService {
     TestService::start(Options {
         plugin: HOSTILE.to_string(),
         max_deliver: 2,
         concurrency: 4,
-        extra_handler_toml: "deadline = \"500ms\"".to_string(),
-        grants_toml: grants.to_string(),
+        deadline: Some("500ms"),
+        grants,
         http: true,
         ..Options::default()
     })
@@ -91,7 +89,7 @@ async fn host_call_errors(service: &TestService, kind: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infinite_loop_is_stopped_by_the_deadline_and_dead_lettered() {
     let _servers = services::shared().await;
-    let service = hostile("").await;
+    let service = hostile(Vec::new()).await;
     let letter = dead_lettered(
         &service,
         "loop",
@@ -114,7 +112,7 @@ fn status_bytes(field: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_gib_allocation_hits_the_memory_cap_and_host_memory_stays_bounded() {
     let _servers = services::shared().await;
-    let service = hostile("").await;
+    let service = hostile(Vec::new()).await;
     let before = status_bytes("VmRSS:");
     dead_lettered(
         &service,
@@ -146,7 +144,7 @@ async fn four_gib_allocation_hits_the_memory_cap_and_host_memory_stays_bounded()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unbounded_recursion_exhausts_the_stack_and_is_dead_lettered() {
     let _servers = services::shared().await;
-    let service = hostile("").await;
+    let service = hostile(Vec::new()).await;
     dead_lettered(
         &service,
         "recurse",
@@ -159,7 +157,7 @@ async fn unbounded_recursion_exhausts_the_stack_and_is_dead_lettered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panic_is_a_trap_and_is_dead_lettered() {
     let _servers = services::shared().await;
-    let service = hostile("").await;
+    let service = hostile(Vec::new()).await;
     dead_lettered(
         &service,
         "panic",
@@ -173,7 +171,7 @@ async fn panic_is_a_trap_and_is_dead_lettered() {
 async fn scan_of_every_key_is_denied_and_rejected_at_once() {
     let _servers = services::shared().await;
     let prefix = services::unique("hostile-scan-");
-    let service = hostile(&format!("cache_keys = [\"{prefix}:*\"]")).await;
+    let service = hostile(grant("cache_keys", format!("{prefix}:*"))).await;
     let letter = dead_lettered(
         &service,
         "scan:*",
@@ -205,7 +203,7 @@ async fn delete_outside_the_granted_prefix_is_denied_and_the_key_stays() {
         .query_async(&mut valkey)
         .await
         .unwrap();
-    let service = hostile(&format!("cache_keys = [\"{prefix}:*\"]")).await;
+    let service = hostile(grant("cache_keys", format!("{prefix}:*"))).await;
     let letter = dead_lettered(
         &service,
         &format!("delete:{victim}"),
@@ -253,7 +251,7 @@ async fn cypher_injection_in_a_label_is_invalid_and_reaches_no_query() {
         .run(neo4rs::query("CREATE (:HostileCanary {id: $id})").param("id", canary.as_str()))
         .await
         .unwrap();
-    let service = hostile("graph_labels = [\"PhaseTransition\"]").await;
+    let service = hostile(grant("graph_labels", "PhaseTransition")).await;
     let letter = dead_lettered(
         &service,
         "label:A`) DETACH DELETE n //",
@@ -290,7 +288,7 @@ async fn label_outside_the_grant_is_denied_and_writes_nothing() {
     let _servers = services::shared().await;
     let graph = services::neo4j().await;
     let label = services::unique("Ungranted_");
-    let service = hostile("graph_labels = [\"PhaseTransition\"]").await;
+    let service = hostile(grant("graph_labels", "PhaseTransition")).await;
     let letter = dead_lettered(
         &service,
         &format!("label:{label}"),
@@ -305,7 +303,7 @@ async fn label_outside_the_grant_is_denied_and_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_host_calls_is_the_budget_and_one_more_ends_the_event() {
     let _servers = services::shared().await;
-    let service = hostile("").await;
+    let service = hostile(Vec::new()).await;
     // Exactly the default budget is allowed: the event is acked.
     service.publish(b"calls:10000".to_vec()).await;
     service.settled(SETTLE).await;
@@ -327,12 +325,8 @@ async fn a_well_behaved_handler_beside_a_hostile_one_handles_every_event() {
     let _servers = services::shared().await;
     let mut valkey = services::valkey().await;
     let graph = services::neo4j().await;
-    let attacker = hostile("cache_keys = [\"hostile:*\"]").await;
-    let neighbour = TestService::start(Options {
-        grants_toml: STORY_TRANSITIONS_GRANTS.to_string(),
-        ..Options::default()
-    })
-    .await;
+    let attacker = hostile(grant("cache_keys", "hostile:*")).await;
+    let neighbour = TestService::start(Options::default()).await;
 
     let stories: Vec<String> = (0..100)
         .map(|i| services::unique(&format!("NEIGHBOUR-{i}-")))

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use switchyard_tests::artifacts::{HOSTILE, STORY_TRANSITIONS, WRONG_WORLD};
+use switchyard_tests::artifacts::{
+    HOSTILE, STORY_TRANSITIONS, WRONG_WORLD, story_transitions_variant,
+};
 use switchyard_tests::services;
 
 use crate::support::{HANDLER, Options, TestService, existing, transition, transitions_at};
@@ -25,24 +27,9 @@ fn replace(path: &Path, bytes: &[u8]) {
     std::fs::rename(&temp, path).unwrap();
 }
 
-/// The same component with a custom section appended: identical behaviour,
-/// a different digest.
-fn variant(component: &[u8], tag: u32) -> Vec<u8> {
-    let name = b"switchyard-test-variant";
-    let payload = tag.to_le_bytes();
-    let mut section = vec![name.len() as u8];
-    section.extend_from_slice(name);
-    section.extend_from_slice(&payload);
-    let mut bytes = component.to_vec();
-    bytes.push(0); // custom section id
-    bytes.push(section.len() as u8); // fits one LEB128 byte
-    bytes.extend_from_slice(&section);
-    bytes
-}
-
 /// The cumulative buckets of the handling-latency histogram: (le, count).
 async fn histogram(service: &TestService) -> Vec<(f64, f64)> {
-    let listen = service.names.listen.clone().unwrap();
+    let listen = service.listen.clone().unwrap();
     let text = crate::support::http_get(&listen, "/metrics").await.unwrap();
     text.lines()
         .filter(|l| l.starts_with("switchyard_event_duration_seconds_bucket{"))
@@ -117,8 +104,7 @@ async fn swapping_every_200ms_under_load_loses_and_duplicates_no_event() {
         ..Options::default()
     })
     .await;
-    let original = std::fs::read(STORY_TRANSITIONS).unwrap();
-    let versions = [variant(&original, 1), variant(&original, 2)];
+    let versions = [story_transitions_variant(1), story_transitions_variant(2)];
 
     // Without swaps first, to compare latency side by side; and once more
     // after the swapping phase, so a warm-up shows as a difference between
@@ -197,7 +183,7 @@ async fn broken_versions_are_refused_while_the_live_version_keeps_serving() {
     let service = TestService::start(Options {
         plugin: path.display().to_string(),
         http: true,
-        extra_handler_toml: format!("fixtures = {:?}", fixtures.display().to_string()),
+        fixtures: Some(fixtures.display().to_string()),
         ..Options::default()
     })
     .await;
@@ -257,10 +243,7 @@ async fn broken_versions_are_refused_while_the_live_version_keeps_serving() {
     );
 
     // A good version after the bad ones goes live.
-    replace(
-        &path,
-        &variant(&std::fs::read(STORY_TRANSITIONS).unwrap(), 9),
-    );
+    replace(&path, &story_transitions_variant(9));
     services::eventually(
         Duration::from_secs(30),
         "good version swapped in",

@@ -5,168 +5,101 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::Context;
-use switchyard::config::Config;
 use switchyard::service::{self, Health};
 use switchyard_tests::artifacts::STORY_TRANSITIONS;
+pub use switchyard_tests::config::Names;
+use switchyard_tests::config::{Handler, Plugin, Service};
 use switchyard_tests::services;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub const HANDLER: &str = "story-transitions";
 
-/// Names this test's service uses.
-#[derive(Clone)]
-pub struct Names {
-    pub stream: String,
-    pub subject_root: String,
-    pub subject: String,
-    pub dead_letter_stream: String,
-    pub dead_letter_subject: String,
-    pub durable: String,
-    /// A loopback address free when the names were made, for `/metrics`.
-    pub listen: Option<String>,
-    pub plugin_bucket: String,
-    pub plugin_kv: String,
-    pub control_subject: String,
-}
-
-impl Names {
-    pub fn new() -> Self {
-        let id = services::unique("t");
-        Names {
-            stream: format!("EVENTS_{id}"),
-            subject_root: format!("{id}"),
-            subject: format!("{id}.story.transitioned"),
-            dead_letter_stream: format!("DEAD_{id}"),
-            dead_letter_subject: format!("dead.{id}"),
-            durable: format!("durable-{id}"),
-            plugin_bucket: format!("plugins-{id}"),
-            plugin_kv: format!("live-{id}"),
-            control_subject: format!("control.{id}"),
-            listen: std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map(|a| a.to_string())
-                .ok(),
-        }
-    }
-}
-
 /// Settings a test may change.
 pub struct Options {
     pub plugin: String,
-    pub max_deliver: u32,
-    pub concurrency: u32,
-    pub retry_base: &'static str,
-    pub extra_handler_toml: String,
-    /// The body of the handler's `[handlers.grants]` table; by default what
-    /// story-transitions needs.
-    pub grants_toml: String,
-    /// Serve `/metrics` on a free loopback port.
-    pub http: bool,
     /// Take versions from the control plane under this name instead of
     /// the `plugin` file.
     pub plugin_object: Option<String>,
+    pub max_deliver: u32,
+    pub concurrency: u32,
+    pub deadline: Option<&'static str>,
+    /// Fixtures every new version must pass before it goes live.
+    pub fixtures: Option<String>,
+    /// The handler's `[handlers.grants]` as (key, patterns); by default
+    /// what story-transitions needs.
+    pub grants: Vec<(&'static str, Vec<String>)>,
+    /// Serve `/metrics` on a free loopback port.
+    pub http: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             plugin: STORY_TRANSITIONS.to_string(),
+            plugin_object: None,
             max_deliver: 20,
             concurrency: 16,
-            retry_base: "100ms",
-            extra_handler_toml: String::new(),
-            grants_toml: STORY_TRANSITIONS_GRANTS.to_string(),
+            deadline: None,
+            fixtures: None,
+            grants: story_transitions_grants(),
             http: false,
-            plugin_object: None,
         }
     }
 }
 
 /// The grants story-transitions needs, as in the example configurations.
-pub const STORY_TRANSITIONS_GRANTS: &str =
-    "cache_keys = [\"context:*\"]\ngraph_labels = [\"PhaseTransition\"]";
+pub fn story_transitions_grants() -> Vec<(&'static str, Vec<String>)> {
+    vec![
+        ("cache_keys", vec!["context:*".to_string()]),
+        ("graph_labels", vec!["PhaseTransition".to_string()]),
+    ]
+}
 
-pub fn config_toml(names: &Names, options: &Options) -> String {
-    format!(
-        r#"
-[nats]
-url = "{nats}"
-stream = "{stream}"
-stream_subjects = ["{root}.>"]
-dead_letter_stream = "{dead_stream}"
-dead_letter_subject = "{dead_subject}"
-plugin_bucket = "{plugin_bucket}"
-plugin_kv = "{plugin_kv}"
-control_subject = "{control_subject}"
+/// One grant: `key = [pattern]`.
+pub fn grant(key: &'static str, pattern: impl Into<String>) -> Vec<(&'static str, Vec<String>)> {
+    vec![(key, vec![pattern.into()])]
+}
 
-[cache]
-url = "{valkey}"
+/// The service configuration `options` describe, on `names`, serving HTTP
+/// on `listen` when one is given.
+pub fn service_config(names: &Names, options: &Options, listen: Option<&str>) -> Service {
+    let plugin = match &options.plugin_object {
+        Some(object) => Plugin::Object(object.clone()),
+        None => Plugin::File(options.plugin.clone()),
+    };
+    let mut handler = Handler::new(HANDLER, plugin, names)
+        .set("max_deliver", options.max_deliver)
+        .set("concurrency", options.concurrency)
+        .set("ack_wait", "10s")
+        .config("key_prefix", "context:");
+    if let Some(deadline) = options.deadline {
+        handler = handler.set("deadline", deadline);
+    }
+    if let Some(fixtures) = &options.fixtures {
+        handler = handler.set("fixtures", fixtures.as_str());
+    }
+    for (key, patterns) in &options.grants {
+        handler = handler.grant(key, patterns);
+    }
+    Service::new(names)
+        .set("runtime", "max_instances", 64)
+        .set("http", "listen", listen.unwrap_or(""))
+        .handler(handler)
+}
 
-[graph]
-url = "{neo4j}"
-user = "neo4j"
-password = "switchyard"
-
-[http]
-listen = "{listen}"
-
-[runtime]
-max_instances = 64
-
-[[handlers]]
-name = "{handler}"
-{plugin_source}
-subjects = ["{subject}"]
-durable = "{durable}"
-max_deliver = {max_deliver}
-concurrency = {concurrency}
-ack_wait = "10s"
-{extra}
-
-[handlers.retry]
-base = "{retry_base}"
-max = "2s"
-
-[handlers.config]
-key_prefix = "context:"
-
-[handlers.grants]
-{grants}
-"#,
-        nats = services::nats_url(),
-        valkey = services::valkey_url(),
-        neo4j = services::neo4j_url(),
-        stream = names.stream,
-        root = names.subject_root,
-        dead_stream = names.dead_letter_stream,
-        dead_subject = names.dead_letter_subject,
-        handler = HANDLER,
-        plugin_source = match &options.plugin_object {
-            Some(object) => format!("plugin_object = {object:?}"),
-            None => format!("plugin = {:?}", options.plugin),
-        },
-        plugin_bucket = names.plugin_bucket,
-        plugin_kv = names.plugin_kv,
-        control_subject = names.control_subject,
-        subject = names.subject,
-        durable = names.durable,
-        max_deliver = options.max_deliver,
-        concurrency = options.concurrency,
-        retry_base = options.retry_base,
-        extra = options.extra_handler_toml,
-        grants = options.grants_toml,
-        listen = names
-            .listen
-            .as_deref()
-            .filter(|_| options.http)
-            .unwrap_or(""),
-    )
+/// The configuration a default service on `names` runs.
+pub fn default_config(names: &Names) -> switchyard::config::Config {
+    service_config(names, &Options::default(), None).parse()
 }
 
 /// A running in-process service.
 pub struct TestService {
     pub names: Names,
+    /// The one handler it runs.
+    pub handler: String,
+    /// Where `/metrics` is served, when the options asked for it.
+    pub listen: Option<String>,
     pub health: Arc<Health>,
     pub js: Context,
     shutdown: CancellationToken,
@@ -175,21 +108,35 @@ pub struct TestService {
 
 impl TestService {
     pub async fn start(options: Options) -> Self {
-        Self::start_named(Names::new(), options).await
+        Self::start_named(Names::new("t"), options).await
     }
 
     pub async fn start_named(names: Names, options: Options) -> Self {
-        let config = Config::parse(
-            &config_toml(&names, &options),
-            "test config",
-            std::iter::empty(),
-        )
-        .expect("test configuration is valid");
+        let listen = options.http.then(|| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.to_string())
+                .expect("a free loopback port")
+        });
+        let config = service_config(&names, &options, listen.as_deref()).parse();
+        Self::run(names, HANDLER, config, listen).await
+    }
+
+    /// Runs `config`, whose one handler is `handler`, and waits until it
+    /// is ready.
+    pub async fn run(
+        names: Names,
+        handler: &str,
+        config: switchyard::config::Config,
+        listen: Option<String>,
+    ) -> Self {
         let health = Arc::new(Health::default());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(service::run(config, health.clone(), shutdown.clone()));
         let service = TestService {
             names,
+            handler: handler.to_string(),
+            listen,
             health,
             js: services::jetstream().await,
             shutdown,
@@ -213,11 +160,24 @@ impl TestService {
     /// Publishes `payload` to the handler's subject and waits for the
     /// stream's acknowledgement, retrying while NATS is unreachable.
     pub async fn publish(&self, payload: impl Into<bytes::Bytes>) -> u64 {
+        self.publish_with_headers(payload, &[]).await
+    }
+
+    /// [`TestService::publish`] with headers.
+    pub async fn publish_with_headers(
+        &self,
+        payload: impl Into<bytes::Bytes>,
+        headers: &[(&str, &str)],
+    ) -> u64 {
         let payload = payload.into();
+        let mut map = async_nats::HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, *value);
+        }
         for _ in 0..100 {
             let attempt = async {
                 self.js
-                    .publish(self.names.subject.clone(), payload.clone())
+                    .publish_with_headers(self.names.subject.clone(), map.clone(), payload.clone())
                     .await?
                     .await
                     .map_err(async_nats::Error::from)
@@ -238,7 +198,7 @@ impl TestService {
             .await
             .map_err(|e| e.to_string())?;
         let info = stream
-            .consumer_info(&self.names.durable)
+            .consumer_info(&self.names.durable(&self.handler))
             .await
             .map_err(|e| e.to_string())?;
         let _ = stream.info().await;
@@ -289,7 +249,7 @@ impl TestService {
     /// The value of one `/metrics` series (the exact text before the value),
     /// when the service serves metrics.
     pub async fn metric(&self, series: &str) -> Option<f64> {
-        let listen = self.names.listen.as_ref()?;
+        let listen = self.listen.as_ref()?;
         let text = http_get(listen, "/metrics").await.ok()?;
         text.lines().find_map(|line| {
             let (name, value) = line.rsplit_once(' ')?;
@@ -301,14 +261,25 @@ impl TestService {
         })
     }
 
-    /// Stops the service, letting in-flight events settle.
-    pub async fn stop(self) {
+    /// Where the handler's dead letters go.
+    pub fn dead_letter_source(&self) -> switchyard::source::jetstream::DeadLetterSource {
+        switchyard::source::jetstream::DeadLetterSource::new(
+            &self.names.dead_letter_stream,
+            &self.names.dead_letter_subject,
+            &self.handler,
+        )
+    }
+
+    /// Stops the service, letting in-flight events settle; how long that
+    /// took.
+    pub async fn stop(self) -> Duration {
+        let started = std::time::Instant::now();
         self.shutdown.cancel();
-        match tokio::time::timeout(Duration::from_secs(30), self.task).await {
-            Ok(Ok(Ok(()))) => {}
+        match tokio::time::timeout(Duration::from_secs(40), self.task).await {
+            Ok(Ok(Ok(()))) => started.elapsed(),
             Ok(Ok(Err(error))) => panic!("service failed: {error:#}"),
             Ok(Err(join)) => panic!("service task panicked: {join}"),
-            Err(_) => panic!("service did not stop within 30 s"),
+            Err(_) => panic!("service did not stop within 40 s"),
         }
     }
 }
