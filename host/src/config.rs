@@ -147,7 +147,8 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeSection {
-    /// Most Wasm instances alive at once, across handlers.
+    /// Most Wasm instances alive at once, across handlers; a dispatch
+    /// beyond it waits for a free instance.
     #[serde(default = "default_max_instances")]
     pub max_instances: u32,
 }

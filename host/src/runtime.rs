@@ -249,6 +249,9 @@ pub struct Runtime {
     linker: Linker<HostState>,
     config: RuntimeConfig,
     compiled: Mutex<HashMap<Digest, Component>>,
+    /// One permit per pooled instance slot: a dispatch waits for a free
+    /// slot instead of failing to instantiate when every slot is taken.
+    slots: tokio::sync::Semaphore,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -298,6 +301,7 @@ impl Runtime {
             linker,
             config,
             compiled: Mutex::new(HashMap::new()),
+            slots: tokio::sync::Semaphore::new(slots as usize),
             ticker_stop,
         })
     }
@@ -374,6 +378,9 @@ impl Runtime {
         )
     )]
     pub async fn dispatch(&self, plugin: &Plugin, env: &Arc<HandlerEnv>, event: Event) -> Dispatch {
+        // Held until the store, and with it the instance's slot, is dropped.
+        // The semaphore is never closed.
+        let _slot = self.slots.acquire().await.ok();
         let started = Instant::now();
         let limits = env.limits.clone();
         let state = HostState::new(env.clone(), event.subject.clone(), event.stream_sequence);

@@ -161,3 +161,72 @@ fn events_file_lines_parse_into_events() {
         EventSpec::parse_lines("{\"subject\":\"a\",\"payload\":1}\n{\"payload\":1}").unwrap_err();
     assert_eq!(error, "line 2: missing \"subject\"");
 }
+
+/// With one instance slot, three events dispatched at once take turns:
+/// each runs to its own outcome instead of failing to instantiate.
+#[test]
+fn events_beyond_max_instances_wait_for_a_free_slot() {
+    use std::sync::Arc;
+    use switchyard::backend::Backends;
+    use switchyard::capability::HandlerEnv;
+    use switchyard::runtime::Limits as RuntimeLimits;
+
+    let runtime = Runtime::new(RuntimeConfig {
+        max_instances: 1,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let plugin = runtime.load(&std::fs::read(HOSTILE).unwrap()).unwrap();
+    let (backends, _, _) = Backends::in_memory();
+    let env = HandlerEnv::new(
+        "one-slot",
+        Default::default(),
+        backends,
+        RuntimeLimits {
+            deadline: Duration::from_millis(300),
+            ..RuntimeLimits::default()
+        },
+    );
+    let event = |payload: &str| switchyard::bindings::event::Event {
+        subject: SUBJECT.to_string(),
+        payload: payload.as_bytes().to_vec(),
+        headers: Vec::new(),
+        stream_sequence: 1,
+        delivery_attempt: 1,
+        published_at_ms: 0,
+    };
+    let results = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let runtime = Arc::new(runtime);
+            let tasks: Vec<_> = ["loop", "ok", "loop"]
+                .into_iter()
+                .map(|payload| {
+                    let (runtime, plugin, env) = (runtime.clone(), plugin.clone(), env.clone());
+                    let event = event(payload);
+                    tokio::spawn(async move { runtime.dispatch(&plugin, &env, event).await })
+                })
+                .collect();
+            let mut results = Vec::new();
+            for task in tasks {
+                results.push(task.await.unwrap());
+            }
+            results
+        });
+    assert_eq!(
+        results[0].fault,
+        Some(Fault::Deadline(Duration::from_millis(300)))
+    );
+    assert_eq!(
+        results[1].fault, None,
+        "the ok event ran: {:?}",
+        results[1].fault
+    );
+    assert_eq!(
+        results[2].fault,
+        Some(Fault::Deadline(Duration::from_millis(300)))
+    );
+}
