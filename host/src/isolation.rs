@@ -19,6 +19,8 @@ use crate::backend::memory::{MemoryCache, MemoryGraph};
 use crate::bindings::event::Event;
 use crate::bindings::graph::Value;
 use crate::capability::{Effects, HandlerEnv};
+use crate::config::HandlerConfig;
+use crate::grant::Grants;
 use crate::runtime::{Dispatch, Fault, Limits, LoadError, Outcome, Plugin, Runtime, RuntimeConfig};
 
 /// One event to send, as written in an events file.
@@ -155,15 +157,45 @@ impl Fixture {
     }
 }
 
-/// Runs `fixtures` through `plugin` on fresh in-memory backends; the first
-/// mismatch is the error.
+/// The configuration, limits and grants a plugin runs with in isolation.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub config: BTreeMap<String, String>,
+    pub limits: Limits,
+    pub grants: Grants,
+}
+
+impl Profile {
+    /// Every key, label and relation granted and the default limits: a
+    /// plugin tried on its own.
+    pub fn unrestricted(config: BTreeMap<String, String>) -> Self {
+        Profile {
+            config,
+            limits: Limits::default(),
+            grants: Grants::unrestricted(),
+        }
+    }
+
+    /// Exactly the configuration, limits and grants `handler` runs with,
+    /// so a version its grants would deny fails here, not in production.
+    pub fn of(handler: &HandlerConfig) -> Self {
+        Profile {
+            config: handler.config.clone(),
+            limits: handler.limits(),
+            grants: Grants::new(&handler.grants),
+        }
+    }
+}
+
+/// Runs `fixtures` through `plugin` with `profile` on fresh in-memory
+/// backends; the first mismatch is the error.
 pub async fn run_fixtures(
     runtime: Arc<Runtime>,
     plugin: Arc<Plugin>,
-    config: BTreeMap<String, String>,
+    profile: Profile,
     fixtures: &[Fixture],
 ) -> Result<(), String> {
-    let mut isolation = Isolation::on(runtime, plugin, config, Limits::default());
+    let mut isolation = Isolation::on(runtime, plugin, profile);
     for (i, fixture) in fixtures.iter().enumerate() {
         let dispatch = isolation.send(fixture.event.clone()).await;
         let result = isolation.results().last().cloned();
@@ -250,17 +282,28 @@ pub struct Isolation {
 
 impl Isolation {
     /// Loads `plugin` (component bytes) with the given configuration and
-    /// the default limits.
+    /// the default limits, every key granted.
     pub fn new(plugin: &[u8], config: BTreeMap<String, String>) -> Result<Self, IsolationError> {
-        Self::with_limits(plugin, config, Limits::default())
+        Self::load(plugin, Profile::unrestricted(config))
     }
 
-    /// Loads `plugin` with explicit limits.
+    /// Loads `plugin` with explicit limits, every key granted.
     pub fn with_limits(
         plugin: &[u8],
         config: BTreeMap<String, String>,
         limits: Limits,
     ) -> Result<Self, IsolationError> {
+        Self::load(
+            plugin,
+            Profile {
+                limits,
+                ..Profile::unrestricted(config)
+            },
+        )
+    }
+
+    /// Loads `plugin` to run with `profile`.
+    pub fn load(plugin: &[u8], profile: Profile) -> Result<Self, IsolationError> {
         let runtime = Arc::new(
             Runtime::new(RuntimeConfig {
                 max_instances: 16,
@@ -269,18 +312,19 @@ impl Isolation {
             .map_err(|e| IsolationError::Runtime(format!("{e:#}")))?,
         );
         let plugin = runtime.load(plugin)?;
-        Ok(Self::on(runtime, plugin, config, limits))
+        Ok(Self::on(runtime, plugin, profile))
     }
 
     /// A loaded plugin on an existing runtime, with fresh in-memory backends.
-    pub fn on(
-        runtime: Arc<Runtime>,
-        plugin: Arc<Plugin>,
-        config: BTreeMap<String, String>,
-        limits: Limits,
-    ) -> Self {
+    pub fn on(runtime: Arc<Runtime>, plugin: Arc<Plugin>, profile: Profile) -> Self {
         let (backends, cache, graph) = Backends::in_memory();
-        let env = HandlerEnv::new("isolated", config, backends, limits);
+        let env = HandlerEnv::build(
+            "isolated".to_string(),
+            profile.config,
+            backends,
+            profile.limits,
+            profile.grants,
+        );
         Isolation {
             runtime,
             plugin,

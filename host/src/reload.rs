@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::{ControlPlane, Version};
-use crate::isolation::{Fixture, run_fixtures};
+use crate::isolation::{Fixture, Profile, run_fixtures};
 use crate::runtime::{Digest, Plugin};
 use crate::service::{Handler, Shared};
 
@@ -129,7 +129,7 @@ async fn prepare(
         run_fixtures(
             runtime_of(shared),
             plugin.clone(),
-            handler.config.config.clone(),
+            Profile::of(&handler.config),
             fixtures,
         )
         .await

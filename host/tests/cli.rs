@@ -143,3 +143,82 @@ fn test_command_names_the_bad_line_of_an_events_file() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("line 2: not JSON"), "{stderr}");
 }
+
+/// `--service FILE --handler NAME` runs the plugin with that handler's
+/// configuration, limits and grants: the example's grants let the stress
+/// scenario through, narrower ones deny it, and an unknown handler is named.
+#[test]
+fn test_command_runs_with_a_handlers_grants_from_the_service_configuration() {
+    let run = |service: &PathBuf, handler: &str| {
+        switchyard()
+            .arg("test")
+            .arg(STORY_TRANSITIONS)
+            .arg("--events")
+            .arg(example("stress/events.jsonl"))
+            .arg("--cache")
+            .arg(example("stress/cache.json"))
+            .arg("--service")
+            .arg(service)
+            .arg("--handler")
+            .arg(handler)
+            .arg("--json")
+            .output()
+            .unwrap()
+    };
+    let outcomes = |output: &std::process::Output| -> Vec<(String, String)> {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        report["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["outcome"].as_str().unwrap().to_string(),
+                    r["detail"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+
+    let example_config = example("switchyard.toml");
+    let granted = outcomes(&run(&example_config, "story-transitions"));
+    assert_eq!(granted.len(), 50);
+    assert!(
+        granted.iter().all(|(outcome, _)| outcome == "ack"),
+        "{granted:?}"
+    );
+
+    let text = std::fs::read_to_string(&example_config).unwrap();
+    assert!(
+        text.contains(r#"cache_keys = ["context:*"]"#),
+        "the example's grant changed"
+    );
+    let narrow = temp_file(
+        "narrow-grants.toml",
+        &text.replace(
+            r#"cache_keys = ["context:*"]"#,
+            r#"cache_keys = ["other:*"]"#,
+        ),
+    );
+    let denied = outcomes(&run(&narrow, "story-transitions"));
+    assert_eq!(denied.len(), 50);
+    assert!(
+        denied
+            .iter()
+            .all(|(outcome, detail)| outcome == "reject" && detail.contains("denied")),
+        "{denied:?}"
+    );
+
+    let unknown = run(&example_config, "no-such-handler");
+    assert!(!unknown.status.success());
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.contains("no handler \"no-such-handler\"") && stderr.contains("story-transitions"),
+        "{stderr}"
+    );
+}

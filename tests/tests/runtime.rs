@@ -230,3 +230,58 @@ fn events_beyond_max_instances_wait_for_a_free_slot() {
         Some(Fault::Deadline(Duration::from_millis(300)))
     );
 }
+
+/// Fixtures run with the handler's grants: a version that passes them with
+/// every key granted fails them under grants production would enforce.
+#[test]
+fn fixtures_fail_under_grants_that_deny_what_the_version_needs() {
+    use std::sync::Arc;
+    use switchyard::grant::{Grants, GrantsConfig};
+    use switchyard::isolation::{Fixture, Profile, run_fixtures};
+    use switchyard_tests::artifacts::STORY_TRANSITIONS;
+
+    let runtime = Arc::new(Runtime::new(RuntimeConfig::default()).unwrap());
+    let plugin = runtime
+        .load(&std::fs::read(STORY_TRANSITIONS).unwrap())
+        .unwrap();
+    let fixtures = Fixture::parse_lines(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/story-transitions.fixtures.jsonl"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let profile = |grants: &str| Profile {
+        grants: Grants::new(&toml::from_str::<GrantsConfig>(grants).unwrap()),
+        ..Profile::unrestricted(Default::default())
+    };
+    let run = |profile: Profile| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(run_fixtures(
+                runtime.clone(),
+                plugin.clone(),
+                profile,
+                &fixtures,
+            ))
+    };
+
+    run(Profile::unrestricted(Default::default())).expect("passes with every key granted");
+    run(profile(
+        r#"cache_keys = ["context:*"]
+graph_labels = ["PhaseTransition"]"#,
+    ))
+    .expect("passes with the grants of the example configuration");
+    let refused = run(profile(
+        r#"cache_keys = ["other:*"]
+graph_labels = ["PhaseTransition"]"#,
+    ))
+    .expect_err("a scan outside the grant is denied");
+    assert!(
+        refused.contains("fixture 1") && refused.contains("denied"),
+        "{refused}"
+    );
+}

@@ -78,7 +78,8 @@ impl HandlerEnv {
         Self::build(name, config, backends, limits, grants)
     }
 
-    fn build(
+    /// An environment limited to `grants`, without logging them.
+    pub(crate) fn build(
         name: String,
         config: BTreeMap<String, String>,
         backends: Backends,

@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use switchyard::config::{Config, NatsConfig};
 use switchyard::control::{ControlPlane, Version, gather_status, now_ms};
-use switchyard::isolation::{Fixture, run_fixtures};
+use switchyard::isolation::{Fixture, Profile, run_fixtures};
 use switchyard::runtime::{Runtime, RuntimeConfig};
 
 /// Where the control plane is: a service configuration, or a NATS URL with
@@ -148,16 +148,18 @@ pub fn run(args: PluginArgs) -> anyhow::Result<ExitCode> {
                     ),
                     None => None,
                 };
-                let plugin_config = config
+                // With the handler's configuration at hand, check with its
+                // config, limits and grants; every host checks again with its own.
+                let profile = config
                     .as_ref()
                     .and_then(|c| {
                         c.handlers.iter().find(|h| {
                             h.plugin_object.as_deref() == Some(name.as_str()) || h.name == name
                         })
                     })
-                    .map(|h| h.config.clone())
-                    .unwrap_or_default();
-                validate(&bytes, fixtures_text.as_deref(), plugin_config).await?;
+                    .map(Profile::of)
+                    .unwrap_or_else(|| Profile::unrestricted(BTreeMap::new()));
+                validate(&bytes, fixtures_text.as_deref(), profile).await?;
                 let version = control
                     .push(&name, &bytes, fixtures_text.as_deref(), shadow)
                     .await?;
@@ -195,11 +197,7 @@ pub fn run(args: PluginArgs) -> anyhow::Result<ExitCode> {
 
 /// What every host will check, checked before anything is stored: the
 /// component compiles, fits the world and passes its fixtures.
-async fn validate(
-    bytes: &[u8],
-    fixtures: Option<&[u8]>,
-    config: BTreeMap<String, String>,
-) -> anyhow::Result<()> {
+async fn validate(bytes: &[u8], fixtures: Option<&[u8]>, profile: Profile) -> anyhow::Result<()> {
     let runtime = Arc::new(Runtime::new(RuntimeConfig {
         max_instances: 4,
         ..RuntimeConfig::default()
@@ -212,7 +210,7 @@ async fn validate(
     if let Some(fixtures) = fixtures {
         let text = std::str::from_utf8(fixtures).context("fixtures file is not UTF-8")?;
         let fixtures = Fixture::parse_lines(text).map_err(|e| anyhow::anyhow!("fixtures: {e}"))?;
-        if let Err(reason) = run_fixtures(runtime, plugin, config, &fixtures).await {
+        if let Err(reason) = run_fixtures(runtime, plugin, profile, &fixtures).await {
             bail!("refused: {reason}");
         }
     }

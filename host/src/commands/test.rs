@@ -1,4 +1,5 @@
-//! `switchyard test PLUGIN --events FILE [--cache FILE] [--config k=v]... [--json]`
+//! `switchyard test PLUGIN --events FILE [--cache FILE] [--config k=v]...
+//! [--service FILE --handler NAME] [--json]`
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,7 +9,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::Value as Json;
-use switchyard::isolation::{EventResult, EventSpec, Isolation};
+use switchyard::config::Config;
+use switchyard::isolation::{EventResult, EventSpec, Isolation, Profile};
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -21,8 +23,16 @@ pub struct TestArgs {
     #[arg(long)]
     cache: Option<PathBuf>,
     /// Plugin configuration, repeatable: --config key_prefix=context:
+    /// (applied over the handler's, with --service).
     #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_pair)]
     config: Vec<(String, String)>,
+    /// A `serve` configuration: run with the configuration, limits and
+    /// grants its handler --handler has, as a push to it would be checked.
+    #[arg(long, value_name = "FILE", requires = "handler")]
+    service: Option<PathBuf>,
+    /// The handler of --service to run as.
+    #[arg(long, value_name = "NAME", requires = "service")]
+    handler: Option<String>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -46,9 +56,29 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     };
     let plugin = std::fs::read(&args.plugin)
         .with_context(|| format!("cannot read plugin {}", args.plugin.display()))?;
-    let config: BTreeMap<String, String> = args.config.into_iter().collect();
+    let mut profile = match (&args.service, &args.handler) {
+        (Some(path), Some(name)) => {
+            let service = Config::load(path)?;
+            let handler = service
+                .handlers
+                .iter()
+                .find(|h| &h.name == name)
+                .with_context(|| {
+                    let names: Vec<&str> =
+                        service.handlers.iter().map(|h| h.name.as_str()).collect();
+                    format!(
+                        "{} has no handler {name:?} (it has {})",
+                        path.display(),
+                        names.join(", ")
+                    )
+                })?;
+            Profile::of(handler)
+        }
+        _ => Profile::unrestricted(BTreeMap::new()),
+    };
+    profile.config.extend(args.config);
 
-    let mut isolation = Isolation::new(&plugin, config)
+    let mut isolation = Isolation::load(&plugin, profile)
         .with_context(|| format!("plugin {}", args.plugin.display()))?;
     for (key, value) in seed {
         isolation.cache().set(key, value);
