@@ -1,5 +1,7 @@
 //! The `switchyard` command line, run as a user runs it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test reports by panicking
+
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -1,6 +1,8 @@
 //! The runtime contains a misbehaving guest: every failure becomes a clear
 //! outcome for that event, and the next event runs normally.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test reports by panicking
+
 use std::time::{Duration, Instant};
 
 use switchyard::runtime::{Fault, LoadError, Runtime, RuntimeConfig};

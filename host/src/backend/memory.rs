@@ -113,10 +113,9 @@ impl MemoryCache {
         let budget = count.max(1) as usize;
         let match_all = pattern == "*";
         let mut keys = Vec::new();
-        let mut visited = 0usize;
         let mut last_order = None;
         let start = (cursor, String::new());
-        for ((order, key), _) in entries.range(start..) {
+        for (visited, ((order, key), _)) in entries.range(start..).enumerate() {
             // Keys sharing a scan order are visited together so the cursor
             // never splits them.
             if visited >= budget && last_order != Some(*order) {
@@ -125,7 +124,6 @@ impl MemoryCache {
                     keys,
                 };
             }
-            visited += 1;
             last_order = Some(*order);
             if match_all || glob::matches(pattern.as_bytes(), key.as_bytes()) {
                 keys.push(key.clone());

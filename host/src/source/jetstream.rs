@@ -1156,7 +1156,7 @@ impl DeadLetter {
             .map(|headers| {
                 headers
                     .iter()
-                    .filter(|(name, _)| !is_switchyard_header(&name.to_string()))
+                    .filter(|(name, _)| !is_switchyard_header(name.as_ref()))
                     .flat_map(|(name, values)| {
                         values
                             .iter()
@@ -1344,7 +1344,7 @@ pub async fn replay_dead_letters(
         .with_context(|| format!("cannot open dead-letter stream {}", source.stream))?;
     let mut reader = DeadLetterReader::open(js, source).await?;
     let mut report = ReplayReport::default();
-    while !limit.is_some_and(|limit| report.matched >= limit) {
+    while limit.is_none_or(|limit| report.matched < limit) {
         let Some(letter) = reader.next().await? else {
             break;
         };

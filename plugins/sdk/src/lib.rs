@@ -23,6 +23,7 @@
 #![allow(unsafe_code)] // generated bindings cross the component ABI
 
 /// The generated bindings. `export!` is exported at the crate root.
+#[allow(clippy::too_many_arguments)] // generated signatures follow the WIT
 pub mod bindings {
     wit_bindgen::generate!({
         world: "event-handler",

@@ -55,7 +55,9 @@ async fn stress_scenario_deletes_every_key_and_writes_fifty_nodes() {
     );
 
     assert_eq!(
-        existing(&mut valkey, &[other.clone()]).await.unwrap(),
+        existing(&mut valkey, std::slice::from_ref(&other))
+            .await
+            .unwrap(),
         1,
         "{other} must be untouched"
     );

@@ -226,7 +226,7 @@ async fn broken_versions_are_refused_while_the_live_version_keeps_serving() {
             Duration::from_secs(30),
             &format!("key deleted after the {what} push"),
             || async {
-                match existing(&mut valkey.clone(), &[key.clone()]).await? {
+                match existing(&mut valkey.clone(), std::slice::from_ref(&key)).await? {
                     0 => Ok(()),
                     _ => Err("key still there".to_string()),
                 }
