@@ -45,3 +45,13 @@ pub mod service;
 pub mod shadow;
 pub mod source;
 pub mod telemetry;
+
+/// Locks `mutex`, recovering it if a thread panicked while holding it.
+/// Every mutex in the host guards state that a panic cannot leave half
+/// updated (a map insert, a counter, a list push), so the data is still
+/// sound to use, and one panicked event must not take the host down.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

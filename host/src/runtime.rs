@@ -28,6 +28,7 @@ use crate::bindings::event::Event;
 use crate::bindings::outcome::Outcome as WitOutcome;
 use crate::bindings::{EventHandler, EventHandlerPre};
 use crate::capability::{Effects, HandlerEnv, HostCallLimitExceeded, HostState};
+use crate::lock;
 
 /// How often the engine's epoch advances; the granularity of deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -454,12 +455,6 @@ fn classify(error: &wasmtime::Error, limits: &Limits) -> Fault {
         };
     }
     Fault::Trap(detail)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Drop for Runtime {

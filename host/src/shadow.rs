@@ -22,6 +22,7 @@ use crate::backend::{BackendError, Backends, CacheBackend, GraphBackend, NodeKey
 use crate::bindings::event::Event;
 use crate::bindings::graph::Value;
 use crate::capability::HandlerEnv;
+use crate::lock;
 use crate::runtime::{Dispatch, Plugin};
 use crate::service::{Handler, Shared};
 
@@ -58,10 +59,6 @@ struct Recorded {
     deleted: BTreeSet<String>,
     entities: BTreeMap<NodeKey, Vec<(String, Value)>>,
     relations: BTreeMap<(NodeKey, String, NodeKey), Vec<(String, Value)>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Backends that record writes, and execute them only when `execute`.

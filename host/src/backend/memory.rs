@@ -15,13 +15,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
 use super::{BackendError, CacheBackend, GraphBackend, NodeKey, ScanPage};
 use crate::bindings::graph::Value;
 use crate::glob;
+use crate::lock;
 
 /// An in-memory key-value cache. Clones share the same data.
 #[derive(Clone, Default)]
@@ -58,14 +59,6 @@ fn scan_order(key: &str) -> u64 {
     let mut hasher = DefaultHasher::new();
     key.hash(&mut hasher);
     hasher.finish() >> 1
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave a map half-updated, so a
-    // poisoned lock is still safe to use.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl MemoryCache {

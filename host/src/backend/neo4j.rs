@@ -17,6 +17,7 @@ use neo4rs::{BoltList, BoltNull, BoltType, ConfigBuilder, Graph, query};
 use super::{BackendError, GraphBackend, NodeKey};
 use crate::bindings::graph::Value;
 use crate::capability::graph::check_identifier;
+use crate::lock;
 
 const BACKEND: &str = "neo4j";
 
@@ -64,12 +65,6 @@ impl Neo4jGraph {
         lock(&self.constrained).insert(label.to_string());
         Ok(())
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn checked(name: &str) -> Result<&str, BackendError> {

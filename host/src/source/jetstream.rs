@@ -75,6 +75,7 @@ use tracing::Instrument;
 
 use crate::bindings::event::Event;
 use crate::config::{HandlerConfig, NatsConfig};
+use crate::lock;
 use crate::runtime::Outcome;
 use crate::service::{Handler, Health, Shared};
 
@@ -896,12 +897,6 @@ async fn consume(flow: Arc<Flow>, consumer: PullConsumer) {
         elapsed_ms = stopping_at.elapsed().as_millis() as u64,
         "consumer drained"
     );
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn millis_since_epoch(time: SystemTime) -> u64 {
