@@ -39,6 +39,24 @@ pub struct Version {
     pub fixtures: bool,
     /// Who pushed it (`user@host`), for the history.
     pub pushed_by: String,
+    /// The handler's push count when it was pushed: 1 for the first
+    /// version, then one more per push. A rollback or promotion keeps the
+    /// number of the version it makes live.
+    #[serde(default)]
+    pub number: u64,
+    /// Free text given at push (`--label`), such as a release or commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+impl Version {
+    /// `#3`, or `#3 (1.4.2)` with a label: how status and history name it.
+    pub fn name(&self) -> String {
+        match &self.label {
+            Some(label) => format!("#{} ({label})", self.number),
+            None => format!("#{}", self.number),
+        }
+    }
 }
 
 /// What one running host reports.
@@ -55,6 +73,9 @@ pub struct HostStatus {
 pub struct HandlerStatusWire {
     pub handler: String,
     pub digest: String,
+    /// The pushed version live now (`#3 (label)`); none for a plugin file.
+    #[serde(default)]
+    pub version: Option<String>,
     pub handled: u64,
     pub acked: u64,
     pub retried: u64,
@@ -71,6 +92,7 @@ impl From<&HandlerStatus> for HandlerStatusWire {
         HandlerStatusWire {
             handler: status.handler.clone(),
             digest: status.digest.clone(),
+            version: status.reload.version.clone(),
             handled: status.handled,
             acked: status.acked,
             retried: status.retried,
@@ -150,6 +172,27 @@ impl ControlPlane {
         fixtures: Option<&[u8]>,
         shadow: bool,
     ) -> anyhow::Result<Version> {
+        self.push_labelled(handler, bytes, fixtures, shadow, None)
+            .await
+    }
+
+    /// [`ControlPlane::push`] with a label shown beside the version number.
+    pub async fn push_labelled(
+        &self,
+        handler: &str,
+        bytes: &[u8],
+        fixtures: Option<&[u8]>,
+        shadow: bool,
+        label: Option<&str>,
+    ) -> anyhow::Result<Version> {
+        let pushed_before = self
+            .history(handler)
+            .await?
+            .into_iter()
+            .chain(self.shadow(handler).await?)
+            .map(|v| v.number)
+            .max()
+            .unwrap_or(0);
         let digest = Digest::of(bytes);
         let name = object_name(handler, digest.as_str());
         self.objects
@@ -169,6 +212,8 @@ impl ControlPlane {
             pushed_at_ms: now_ms(),
             fixtures: fixtures.is_some(),
             pushed_by: pusher(),
+            number: pushed_before + 1,
+            label: label.map(str::to_string),
         };
         let key = if shadow {
             shadow_key(handler)
@@ -240,8 +285,12 @@ impl ControlPlane {
             Some(wanted) => history
                 .iter()
                 .rev()
-                .find(|v| {
-                    v.digest == wanted || v.digest.trim_start_matches("sha256:").starts_with(wanted)
+                .find(|v| match wanted.strip_prefix('#') {
+                    Some(number) => number.parse() == Ok(v.number),
+                    None => {
+                        v.digest == wanted
+                            || v.digest.trim_start_matches("sha256:").starts_with(wanted)
+                    }
                 })
                 .with_context(|| format!("{wanted} is not in the history of {handler}"))?,
             None => history

@@ -42,6 +42,9 @@ pub struct ReloadResult {
 /// A handler's reload history, for `status`.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct ReloadState {
+    /// The pushed version live now ([`crate::control::Version::name`]);
+    /// none for a plugin file.
+    pub version: Option<String>,
     /// Versions that went live, oldest first (at most [`HISTORY`]).
     pub history: Vec<ReloadResult>,
     pub last: Option<ReloadResult>,
@@ -315,10 +318,12 @@ pub async fn watch_object(
     let (shared, handler, control_ref, object_ref) = (&shared, &handler, &control, &object);
     follow(&control, &object, handler.name(), &shutdown, |version| async move {
         let Some(version) = version else { return };
-        let origin = format!("push by {}", version.pushed_by);
+        let origin = format!("push {} by {}", version.name(), version.pushed_by);
         match control_ref.fetch(object_ref, &version).await {
             Ok((bytes, fixtures)) => {
-                let _ = offer(shared, handler, bytes, &fixtures, &origin).await;
+                if offer(shared, handler, bytes, &fixtures, &origin).await.is_ok() {
+                    crate::lock(&handler.reload).version = Some(version.name());
+                }
             }
             Err(error) => {
                 shared.metrics.reload(handler.name(), false);

@@ -120,11 +120,11 @@ pub async fn run(
     };
     let mut plugins = Vec::new();
     for handler in &config.handlers {
-        let plugin = initial_plugin(&runtime, control.as_ref(), handler).await?;
-        tracing::info!(handler = %handler.name, plugin = %plugin.digest(), "plugin loaded");
+        let (plugin, version) = initial_plugin(&runtime, control.as_ref(), handler).await?;
+        tracing::info!(handler = %handler.name, plugin = %plugin.digest(), version = version.as_deref().unwrap_or("file"), "plugin loaded");
         metrics.register_handler(&handler.name);
         metrics.plugin_live(&handler.name, None, plugin.digest().as_str());
-        plugins.push(plugin);
+        plugins.push((plugin, version));
     }
 
     let (backends, memory_cache) = tokio::select! {
@@ -135,7 +135,7 @@ pub async fn run(
         .handlers
         .iter()
         .zip(plugins)
-        .map(|(handler, plugin)| {
+        .map(|(handler, (plugin, version))| {
             Arc::new(Handler {
                 env: HandlerEnv::with_grants(
                     handler.name.clone(),
@@ -147,7 +147,10 @@ pub async fn run(
                 config: handler.clone(),
                 plugin: ArcSwap::new(plugin),
                 stats: HandlerStats::default(),
-                reload: Default::default(),
+                reload: std::sync::Mutex::new(crate::reload::ReloadState {
+                    version,
+                    ..Default::default()
+                }),
                 shadow: Default::default(),
             })
         })
@@ -225,19 +228,24 @@ pub async fn run(
     Ok(())
 }
 
+/// The plugin a handler starts with, and the name of its pushed version
+/// when it comes from the control plane.
 async fn initial_plugin(
     runtime: &Arc<Runtime>,
     control: Option<&ControlPlane>,
     handler: &HandlerConfig,
-) -> anyhow::Result<Arc<Plugin>> {
-    let bytes = match (&handler.plugin, &handler.plugin_object, control) {
-        (Some(path), _, _) => tokio::fs::read(path).await.with_context(|| {
-            format!(
-                "handler `{}`: cannot read plugin {}",
-                handler.name,
-                path.display()
-            )
-        })?,
+) -> anyhow::Result<(Arc<Plugin>, Option<String>)> {
+    let (bytes, version) = match (&handler.plugin, &handler.plugin_object, control) {
+        (Some(path), _, _) => {
+            let bytes = tokio::fs::read(path).await.with_context(|| {
+                format!(
+                    "handler `{}`: cannot read plugin {}",
+                    handler.name,
+                    path.display()
+                )
+            })?;
+            (bytes, None)
+        }
         (None, Some(object), Some(control)) => {
             let version = control.live(object).await?.with_context(|| {
                 format!(
@@ -245,7 +253,10 @@ async fn initial_plugin(
                     handler.name
                 )
             })?;
-            control.fetch(object, &version).await?.0
+            (
+                control.fetch(object, &version).await?.0,
+                Some(version.name()),
+            )
         }
         _ => anyhow::bail!("handler `{}` has no plugin source", handler.name),
     };
@@ -253,7 +264,7 @@ async fn initial_plugin(
     let plugin = tokio::task::spawn_blocking(move || rt.load(&bytes))
         .await?
         .map_err(|e| anyhow::anyhow!("handler `{}`: {e}", handler.name))?;
-    Ok(plugin)
+    Ok((plugin, version))
 }
 
 /// Answers `<control_subject>.status` requests with this host's status.

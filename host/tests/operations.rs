@@ -522,8 +522,8 @@ fn cli(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
     )
 }
 
-/// `switchyard status --json`: each answering host's pid and the digest it
-/// runs for the handler.
+/// `switchyard status --json`: each answering host's pid and the version
+/// (`#N (label)` and digest) it runs for the handler.
 fn fleet(config: &std::path::Path) -> Result<Vec<(u32, String)>, String> {
     let (ok, stdout, stderr) = cli(&[
         "status".as_ref(),
@@ -541,10 +541,10 @@ fn fleet(config: &std::path::Path) -> Result<Vec<(u32, String)>, String> {
     let mut digests: Vec<(u32, String)> = hosts
         .iter()
         .flat_map(|h| {
-            h.handlers
-                .iter()
-                .filter(|s| s.handler == HANDLER)
-                .map(|s| (h.pid, s.digest.clone()))
+            h.handlers.iter().filter(|s| s.handler == HANDLER).map(|s| {
+                let version = s.version.as_deref().unwrap_or("no version");
+                (h.pid, format!("{version} {}", s.digest))
+            })
         })
         .collect();
     digests.sort();
@@ -552,15 +552,15 @@ fn fleet(config: &std::path::Path) -> Result<Vec<(u32, String)>, String> {
 }
 
 /// Waits until exactly the hosts `pids` answer `switchyard status`, all on
-/// `digest`.
-fn fleet_on(config: &std::path::Path, pids: &[u32], digest: &str) {
+/// `version` (`#N (label) sha256:...`).
+fn fleet_on(config: &std::path::Path, pids: &[u32], version: &str) {
     poll(
         Duration::from_secs(60),
-        &format!("hosts {pids:?} on {digest}"),
+        &format!("hosts {pids:?} on {version}"),
         || {
             let fleet = fleet(config)?;
             let expected: Vec<(u32, String)> =
-                pids.iter().map(|&pid| (pid, digest.to_string())).collect();
+                pids.iter().map(|&pid| (pid, version.to_string())).collect();
             if fleet == expected {
                 Ok(())
             } else {
@@ -591,8 +591,8 @@ async fn plugin_push_reaches_two_host_processes_and_rollback_restores_the_previo
     let (first, second) = (variant(&dir, 1), variant(&dir, 2));
     let (first_digest, second_digest) = (digest_of(&first), digest_of(&second));
     let fixtures = example("story-transitions.fixtures.jsonl");
-    let push = |file: &std::path::Path| {
-        cli(&[
+    let push = |file: &std::path::Path, label: &[&str]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
             "plugin".as_ref(),
             "push".as_ref(),
             HANDLER.as_ref(),
@@ -601,12 +601,16 @@ async fn plugin_push_reaches_two_host_processes_and_rollback_restores_the_previo
             fixtures.as_os_str(),
             "--config".as_ref(),
             config.as_os_str(),
-        ])
+        ];
+        args.extend(label.iter().map(|a| std::ffi::OsStr::new(*a)));
+        cli(&args)
     };
+    let first_version = format!("#1 (first-build) {first_digest}");
+    let second_version = format!("#2 {second_digest}");
 
-    let (ok, stdout, stderr) = push(&first);
+    let (ok, stdout, stderr) = push(&first, &["--label", "first-build"]);
     assert!(ok, "first push: {stdout}{stderr}");
-    assert!(stdout.contains(&first_digest), "{stdout}");
+    assert!(stdout.contains(&first_version), "{stdout}");
     let pushed = || Plugin::Object(HANDLER.to_string());
     let mut host_a = Serve::start(&names, pushed(), &[]);
     let mut host_b = Serve::start(&names, pushed(), &[]);
@@ -617,13 +621,13 @@ async fn plugin_push_reaches_two_host_processes_and_rollback_restores_the_previo
         pids.sort();
         pids
     };
-    fleet_on(&config, &pids, &first_digest);
+    fleet_on(&config, &pids, &first_version);
 
     // Push the second version halfway through 200 events.
     let timestamp = services::unique("fleet#");
     for i in 0..200 {
         if i == 100 {
-            let (ok, stdout, stderr) = push(&second);
+            let (ok, stdout, stderr) = push(&second, &[]);
             assert!(ok, "second push: {stdout}{stderr}");
         }
         publish(
@@ -633,10 +637,10 @@ async fn plugin_push_reaches_two_host_processes_and_rollback_restores_the_previo
         )
         .await;
     }
-    fleet_on(&config, &pids, &second_digest);
+    fleet_on(&config, &pids, &second_version);
 
     // Not a component: refused by the CLI, nothing stored, fleet unchanged.
-    let (ok, stdout, stderr) = push(&fixtures);
+    let (ok, stdout, stderr) = push(&fixtures, &[]);
     assert!(!ok, "pushing a fixtures file must fail: {stdout}");
     assert!(
         stderr.contains("component"),
@@ -651,13 +655,20 @@ async fn plugin_push_reaches_two_host_processes_and_rollback_restores_the_previo
         config.as_os_str(),
     ]);
     assert!(ok, "history: {stderr}");
-    let listed: Vec<&str> = history
+    let listed: Vec<Vec<&str>> = history
         .lines()
-        .filter_map(|l| l.split_whitespace().next())
+        .map(|l| l.split_whitespace().take(2).collect())
         .collect();
     assert_eq!(
         listed,
-        [first_digest.as_str(), second_digest.as_str()],
+        [
+            ["#1", first_digest.as_str()],
+            ["#2", second_digest.as_str()]
+        ],
+        "{history}"
+    );
+    assert!(
+        history.lines().next().unwrap().ends_with("(first-build)"),
         "{history}"
     );
 
@@ -669,8 +680,8 @@ async fn plugin_push_reaches_two_host_processes_and_rollback_restores_the_previo
         config.as_os_str(),
     ]);
     assert!(ok, "rollback: {stdout}{stderr}");
-    assert!(stdout.contains(&first_digest), "{stdout}");
-    fleet_on(&config, &pids, &first_digest);
+    assert!(stdout.contains(&first_version), "{stdout}");
+    fleet_on(&config, &pids, &first_version);
 
     poll(
         Duration::from_secs(60),

@@ -63,13 +63,18 @@ pub enum PluginCommand {
         /// Push as a shadow candidate instead of making it live.
         #[arg(long)]
         shadow: bool,
+        /// Shown beside the version number in history and status (a
+        /// release, a commit).
+        #[arg(long)]
+        label: Option<String>,
     },
     /// The versions that were live for NAME, oldest first.
     History { name: String },
     /// Make an earlier version live again (the one before the current, or --to).
     Rollback {
         name: String,
-        /// A digest (or a unique prefix of its hex) from the history.
+        /// A version from the history: its number (`#2`), digest, or a
+        /// unique prefix of the digest's hex.
         #[arg(long)]
         to: Option<String>,
     },
@@ -114,7 +119,8 @@ async fn connect(nats: &NatsConfig) -> anyhow::Result<async_nats::Client> {
 fn describe(version: &Version) -> String {
     let age = Duration::from_millis(now_ms().saturating_sub(version.pushed_at_ms));
     format!(
-        "{}  {:>8} bytes  {}  {} ago by {}",
+        "{:<4} {}  {:>8} bytes  {}  {} ago by {}{}",
+        format!("#{}", version.number),
         version.digest,
         version.size,
         if version.fixtures {
@@ -123,7 +129,12 @@ fn describe(version: &Version) -> String {
             "        "
         },
         humantime::format_duration(Duration::from_secs(age.as_secs())),
-        version.pushed_by
+        version.pushed_by,
+        version
+            .label
+            .as_ref()
+            .map(|label| format!("  ({label})"))
+            .unwrap_or_default()
     )
 }
 
@@ -138,6 +149,7 @@ pub fn run(args: PluginArgs) -> anyhow::Result<ExitCode> {
                 file,
                 fixtures,
                 shadow,
+                label,
             } => {
                 let bytes = std::fs::read(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
@@ -161,14 +173,24 @@ pub fn run(args: PluginArgs) -> anyhow::Result<ExitCode> {
                     .unwrap_or_else(|| Profile::unrestricted(BTreeMap::new()));
                 validate(&bytes, fixtures_text.as_deref(), profile).await?;
                 let version = control
-                    .push(&name, &bytes, fixtures_text.as_deref(), shadow)
+                    .push_labelled(
+                        &name,
+                        &bytes,
+                        fixtures_text.as_deref(),
+                        shadow,
+                        label.as_deref(),
+                    )
                     .await?;
                 let role = if shadow {
                     "shadow candidate"
                 } else {
                     "live version"
                 };
-                println!("{name}: {} is now the {role}", version.digest);
+                println!(
+                    "{name}: {} {} is now the {role}",
+                    version.name(),
+                    version.digest
+                );
             }
             PluginCommand::History { name } => {
                 let history = control.history(&name).await?;
@@ -184,11 +206,19 @@ pub fn run(args: PluginArgs) -> anyhow::Result<ExitCode> {
             }
             PluginCommand::Rollback { name, to } => {
                 let version = control.rollback(&name, to.as_deref()).await?;
-                println!("{name}: rolled back to {}", version.digest);
+                println!(
+                    "{name}: rolled back to {} {}",
+                    version.name(),
+                    version.digest
+                );
             }
             PluginCommand::Promote { name } => {
                 let version = control.promote(&name).await?;
-                println!("{name}: {} promoted to live", version.digest);
+                println!(
+                    "{name}: {} {} promoted to live",
+                    version.name(),
+                    version.digest
+                );
             }
         }
         Ok(ExitCode::SUCCESS)
@@ -255,8 +285,9 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                     })
                     .unwrap_or_else(|| "no reload yet".into());
                 println!(
-                    "  {:<24} {}  handled {} (ack {}, retry {}, dead {}), keys deleted {}; {last}",
+                    "  {:<24} {} {}  handled {} (ack {}, retry {}, dead {}), keys deleted {}; {last}",
                     handler.handler,
+                    handler.version.as_deref().unwrap_or("file"),
                     handler.digest,
                     handler.handled,
                     handler.acked,
