@@ -80,6 +80,13 @@ pub struct NatsConfig {
     /// Hosts answer `<control_subject>.status` requests.
     #[serde(default = "default_control_subject")]
     pub control_subject: String,
+    /// Key-Value bucket holding the leases of exclusive handlers.
+    #[serde(default = "default_lease_kv")]
+    pub lease_kv: String,
+}
+
+fn default_lease_kv() -> String {
+    "switchyard-leases".into()
 }
 
 fn default_plugin_bucket() -> String {
@@ -224,6 +231,11 @@ pub struct HandlerConfig {
     /// Per-key ordering by a subject token instead (0-based).
     #[serde(default)]
     pub order_key_subject_token: Option<u32>,
+    /// One host at a time pulls from the durable; the others sharing it
+    /// stand by and take over when it stops. With an order key, per-key
+    /// order then holds across hosts. See [`crate::lease`].
+    #[serde(default)]
+    pub exclusive: bool,
     /// At shutdown, how long in-flight events may still run before they are
     /// stopped and nak'ed.
     #[serde(default = "default_drain_grace", with = "humantime_serde")]
@@ -445,6 +457,7 @@ impl Config {
         check_subject_prefix("nats.control_subject", &self.nats.control_subject)?;
         check_name("nats.plugin_bucket", &self.nats.plugin_bucket)?;
         check_name("nats.plugin_kv", &self.nats.plugin_kv)?;
+        check_name("nats.lease_kv", &self.nats.lease_kv)?;
         for subject in &self.nats.stream_subjects {
             let dead_letter = format!("{}.x", self.nats.dead_letter_subject);
             if subject_matches(subject, &dead_letter) {

@@ -85,6 +85,9 @@ pub struct HandlerStatusWire {
     pub versions_live: usize,
     pub longest_swap_ns: u64,
     pub shadow: Option<crate::shadow::ShadowReport>,
+    /// For an exclusive handler: `active` or `standby`.
+    #[serde(default)]
+    pub lease: Option<String>,
 }
 
 impl From<&HandlerStatus> for HandlerStatusWire {
@@ -106,6 +109,7 @@ impl From<&HandlerStatus> for HandlerStatusWire {
             versions_live: status.reload.history.len(),
             longest_swap_ns: status.reload.longest_swap_ns,
             shadow: status.shadow.clone(),
+            lease: status.lease.map(str::to_string),
         }
     }
 }

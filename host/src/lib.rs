@@ -25,6 +25,8 @@
 //!   `/healthz`, `/readyz`.
 //! - [`source`]: [`source::jetstream`], the durable consumers and how each
 //!   outcome is settled (ack, nak with delay, dead letter).
+//! - [`lease`]: one active host per exclusive handler, through a NATS
+//!   Key-Value lease.
 //! - [`isolation`]: runs a plugin over a list of events on in-memory
 //!   backends; behind `switchyard test` and the `switchyard-testing` harness.
 //! - [`telemetry`]: OpenTelemetry (OTLP/HTTP) export of spans, when an endpoint is given.
@@ -38,6 +40,7 @@ pub mod glob;
 pub mod grant;
 pub mod http;
 pub mod isolation;
+pub mod lease;
 pub mod metrics;
 pub mod reload;
 pub mod runtime;

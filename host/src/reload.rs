@@ -405,6 +405,9 @@ pub struct HandlerStatus {
     pub keys_deleted: u64,
     pub reload: ReloadState,
     pub shadow: Option<crate::shadow::ShadowReport>,
+    /// For an exclusive handler, whether this host runs it (`active`) or
+    /// waits to take over (`standby`).
+    pub lease: Option<&'static str>,
 }
 
 /// A snapshot of every handler.
@@ -430,6 +433,10 @@ pub fn status(shared: &Shared) -> Vec<HandlerStatus> {
                 .shadow
                 .load_full()
                 .map(|s| s.report.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            lease: handler
+                .lease
+                .get()
+                .map(|lease| if lease.is_held() { "active" } else { "standby" }),
         })
         .collect()
 }

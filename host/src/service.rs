@@ -39,6 +39,8 @@ pub struct Handler {
     pub reload: std::sync::Mutex<ReloadState>,
     /// A candidate running beside the live version; see [`crate::shadow`].
     pub shadow: arc_swap::ArcSwapOption<crate::shadow::Shadow>,
+    /// An exclusive handler's lease, once its consumer started.
+    pub lease: std::sync::OnceLock<Arc<crate::lease::Lease>>,
 }
 
 impl Handler {
@@ -152,6 +154,7 @@ pub async fn run(
                     ..Default::default()
                 }),
                 shadow: Default::default(),
+                lease: Default::default(),
             })
         })
         .collect();

@@ -285,10 +285,15 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                     })
                     .unwrap_or_else(|| "no reload yet".into());
                 println!(
-                    "  {:<24} {} {}  handled {} (ack {}, retry {}, dead {}), keys deleted {}; {last}",
+                    "  {:<24} {} {}  {}handled {} (ack {}, retry {}, dead {}), keys deleted {}; {last}",
                     handler.handler,
                     handler.version.as_deref().unwrap_or("file"),
                     handler.digest,
+                    handler
+                        .lease
+                        .as_ref()
+                        .map(|lease| format!("{lease}, "))
+                        .unwrap_or_default(),
                     handler.handled,
                     handler.acked,
                     handler.retried,

@@ -75,6 +75,7 @@ use tracing::Instrument;
 
 use crate::bindings::event::Event;
 use crate::config::{HandlerConfig, NatsConfig};
+use crate::lease::Lease;
 use crate::lock;
 use crate::runtime::Outcome;
 use crate::service::{Handler, Health, Shared};
@@ -208,6 +209,11 @@ pub async fn start(
         .get_stream(&shared.config.nats.stream)
         .await
         .with_context(|| format!("cannot open stream {}", shared.config.nats.stream))?;
+    let leases = if shared.handlers.iter().any(|h| h.config.exclusive) {
+        Some(crate::lease::open_bucket(js, &shared.config.nats.lease_kv).await?)
+    } else {
+        None
+    };
     let mut tasks = Vec::new();
     for handler in &shared.handlers {
         let config = consumer_config(&handler.config);
@@ -221,11 +227,22 @@ pub async fn start(
                 )
             })?,
         };
+        let lease = match (&leases, handler.config.exclusive) {
+            (Some(store), true) => {
+                let key = format!("{}.{}", shared.config.nats.stream, handler.config.durable);
+                let lease = Lease::new(store.clone(), key);
+                let _ = handler.lease.set(lease.clone());
+                tokio::spawn(lease.clone().run(shutdown.clone()));
+                Some(lease)
+            }
+            _ => None,
+        };
         let flow = Flow::new(
             js.clone(),
             handler.clone(),
             shared.clone(),
             shutdown.clone(),
+            lease,
         );
         tracing::info!(
             handler = %handler.name(),
@@ -522,6 +539,8 @@ struct Flow {
     /// Cancelled when the drain grace period is over: running events stop.
     abort: CancellationToken,
     drain: DrainCounts,
+    /// For an exclusive handler: pull only while this is held.
+    lease: Option<Arc<Lease>>,
 }
 
 #[derive(Default)]
@@ -605,6 +624,7 @@ impl Flow {
         handler: Arc<Handler>,
         shared: Arc<Shared>,
         shutdown: CancellationToken,
+        lease: Option<Arc<Lease>>,
     ) -> Arc<Self> {
         let order = OrderKey::of(&handler.config);
         let concurrency = handler.config.concurrency;
@@ -627,7 +647,44 @@ impl Flow {
             shutdown,
             abort: CancellationToken::new(),
             drain: DrainCounts::default(),
+            lease,
         })
+    }
+
+    /// For an exclusive handler without the lease: stands by until this
+    /// host takes it; then, if a previous holder left messages waiting for
+    /// an ack, waits `ack_wait` so they come back before any later event.
+    /// False when shut down first.
+    async fn take_over(&self, consumer: &mut PullConsumer) -> bool {
+        let Some(lease) = &self.lease else {
+            return true;
+        };
+        if lease.is_held() {
+            return true;
+        }
+        tracing::info!(handler = %self.name(), lease = %lease.key(), "standing by: another host runs this handler");
+        tokio::select! {
+            () = lease.acquired() => {}
+            () = self.shutdown.cancelled() => return false,
+        }
+        let unacked = consumer.info().await.map_or(0, |info| info.num_ack_pending);
+        if unacked > 0 {
+            let wait = self.handler.config.ack_wait;
+            tracing::info!(handler = %self.name(), unacked, ?wait, "took over with events the previous holder never settled; waiting for them to come back first");
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.shutdown.cancelled() => return false,
+            }
+        }
+        true
+    }
+
+    /// Returns when an exclusive handler's lease is lost; never otherwise.
+    async fn lease_lost(&self) {
+        match &self.lease {
+            Some(lease) => lease.lost().await,
+            None => std::future::pending().await,
+        }
     }
 
     fn name(&self) -> &str {
@@ -764,10 +821,13 @@ async fn process(flow: Arc<Flow>, held: Held, in_place: bool) {
 }
 
 /// The pull loop, then the drain.
-async fn consume(flow: Arc<Flow>, consumer: PullConsumer) {
+async fn consume(flow: Arc<Flow>, mut consumer: PullConsumer) {
     let name = flow.name().to_string();
     let mut stopping_at: Option<Instant> = None;
     'pull: while stopping_at.is_none() {
+        if !flow.take_over(&mut consumer).await {
+            break 'pull;
+        }
         // Room for at least one message; then ask for as many as there is room.
         let first = tokio::select! {
             biased;
@@ -817,6 +877,8 @@ async fn consume(flow: Arc<Flow>, consumer: PullConsumer) {
                 }
                 next = batch.next() => next,
                 () = tokio::time::sleep_until(give_up) => break,
+                // Another host runs the handler now: take nothing more.
+                () = flow.lease_lost(), if stopping_at.is_none() => break,
                 _ = connection.tick() => {
                     // After a reconnect the request may be gone with the
                     // old connection: ask again rather than wait it out.
@@ -888,6 +950,10 @@ async fn consume(flow: Arc<Flow>, consumer: PullConsumer) {
     // Settlements are publishes: make sure they left this process.
     let flushed = tokio::time::timeout(Duration::from_secs(5), flow.js.client().flush()).await;
     let flushed = matches!(flushed, Ok(Ok(())));
+    // Only now may a standby take over: nothing of ours is in flight.
+    if let Some(lease) = &flow.lease {
+        lease.release().await;
+    }
     tracing::info!(
         handler = %name,
         nak_unstarted = flow.drain.unstarted.load(Ordering::Relaxed),

@@ -31,6 +31,8 @@ struct Settings {
     order: &'static [&'static str],
     /// `[handlers.config]` entries.
     plugin_config: &'static [(&'static str, &'static str)],
+    /// One host at a time runs the handler.
+    exclusive: bool,
 }
 
 impl Default for Settings {
@@ -42,6 +44,7 @@ impl Default for Settings {
             drain_grace: "20s",
             order: &[],
             plugin_config: &[],
+            exclusive: false,
         }
     }
 }
@@ -54,6 +57,7 @@ async fn start(names: Names, settings: &Settings) -> TestService {
         .set("ack_wait", settings.ack_wait)
         .set("deadline", settings.deadline)
         .set("drain_grace", settings.drain_grace)
+        .set("exclusive", settings.exclusive)
         .retry("max", "1s")
         .grant("graph_labels", ["Handled"]);
     if !settings.order.is_empty() {
@@ -136,6 +140,37 @@ fn max_overlap(records: &[Record]) -> usize {
     most as usize
 }
 
+/// Every key has `per_key` records, and its events ran one at a time in
+/// stream order: 0, 1, 2, ..., each starting after the one before finished.
+fn assert_each_key_in_order(found: &[Record], per_key: i64) {
+    let mut by_key: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
+    for record in found {
+        by_key.entry(record.key.as_str()).or_default().push(record);
+    }
+    for (key, mut list) in by_key {
+        assert_eq!(
+            list.len(),
+            per_key as usize,
+            "{key}: one record per event: {list:?}"
+        );
+        list.sort_by_key(|r| r.started_ns);
+        let order: Vec<i64> = list.iter().map(|r| r.n).collect();
+        assert_eq!(
+            order,
+            (0..per_key).collect::<Vec<_>>(),
+            "{key} ran out of stream order"
+        );
+        for pair in list.windows(2) {
+            assert!(
+                pair[1].started_ns >= pair[0].finished_ns,
+                "{key}: event {} started before event {} finished",
+                pair[1].n,
+                pair[0].n
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_of_a_key_run_one_at_a_time_in_stream_order_while_keys_run_in_parallel() {
     let _servers = services::shared().await;
@@ -167,33 +202,7 @@ async fn events_of_a_key_run_one_at_a_time_in_stream_order_while_keys_run_in_par
     let found = wait_for_records(&graph, &run, keys.len() * per_key as usize).await;
     service.settled(SETTLE).await;
 
-    let mut by_key: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
-    for record in &found {
-        by_key.entry(record.key.as_str()).or_default().push(record);
-    }
-    for (key, mut list) in by_key {
-        assert_eq!(
-            list.len(),
-            per_key as usize,
-            "{key}: one record per event: {list:?}"
-        );
-        // In the order they started, the events of a key are 0, 1, 2, ...
-        list.sort_by_key(|r| r.started_ns);
-        let order: Vec<i64> = list.iter().map(|r| r.n).collect();
-        assert_eq!(
-            order,
-            (0..per_key).collect::<Vec<_>>(),
-            "{key} ran out of stream order"
-        );
-        for pair in list.windows(2) {
-            assert!(
-                pair[1].started_ns >= pair[0].finished_ns,
-                "{key}: event {} started before event {} finished",
-                pair[1].n,
-                pair[0].n
-            );
-        }
-    }
+    assert_each_key_in_order(&found, per_key);
     let retried = found
         .iter()
         .find(|r| r.key == "k2" && r.n == 3)
@@ -539,4 +548,105 @@ async fn dead_letters_are_listed_then_replayed_after_a_fix() {
     );
     assert_eq!(found.len(), 4, "each event handled once: {found:?}");
     service.stop().await;
+}
+
+/// (lease state, events handled) of each host answering for `names`.
+async fn lease_states(names: &Names) -> Vec<(String, u64)> {
+    let client = async_nats::connect(services::nats_url()).await.unwrap();
+    let hosts = switchyard::control::gather_status(
+        &client,
+        &format!("{}.status", names.control_subject),
+        Duration::from_millis(500),
+    )
+    .await
+    .unwrap();
+    let mut states: Vec<(String, u64)> = hosts
+        .iter()
+        .flat_map(|h| &h.handlers)
+        .map(|s| (s.lease.clone().unwrap_or_default(), s.handled))
+        .collect();
+    states.sort();
+    states
+}
+
+/// With `exclusive = true`, two hosts on one durable take turns instead of
+/// sharing it: one runs the handler while the other stands by, so a key's
+/// events never run on both at once; when the active host stops, the
+/// standby takes over at once and keeps the order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusive_handler_runs_on_one_host_at_a_time_and_fails_over_in_order() {
+    let _servers = services::shared().await;
+    let graph = services::neo4j().await;
+    let settings = Settings {
+        concurrency: 4,
+        order: &["/key"],
+        exclusive: true,
+        ..Settings::default()
+    };
+    let names = Names::new("d");
+    let first = start(names.clone(), &settings).await;
+    services::eventually(SETTLE, "the first host active", || async {
+        match lease_states(&names).await.as_slice() {
+            [(state, _)] if state == "active" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let second = start(names.clone(), &settings).await;
+
+    let keys = ["k0", "k1", "k2", "k3"];
+    let per_key = 6i64;
+    let publish_round = |run: String, service: &TestService| {
+        let service_js = service.js.clone();
+        let subject = names.subject.clone();
+        async move {
+            for n in 0..per_key {
+                for key in keys {
+                    let event = json!({"run": run, "key": key, "n": n, "sleep_ms": 30});
+                    service_js
+                        .publish(subject.clone(), event.to_string().into())
+                        .await
+                        .unwrap()
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    };
+    let before = services::unique("excl-a");
+    publish_round(before.clone(), &second).await;
+    let found = wait_for_records(&graph, &before, keys.len() * per_key as usize).await;
+    assert_each_key_in_order(&found, per_key);
+    first.settled(SETTLE).await;
+    let total = (keys.len() as i64 * per_key) as u64;
+    assert_eq!(
+        lease_states(&names).await,
+        [("active".to_string(), total), ("standby".to_string(), 0)],
+        "the active host handled every event, the standby none"
+    );
+
+    // The active host stops: it drains, releases, and the standby takes over.
+    first.stop().await;
+    let stopped = std::time::Instant::now();
+    services::eventually(SETTLE, "the standby active", || async {
+        match lease_states(&names).await.as_slice() {
+            [(state, 0)] if state == "active" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let takeover = stopped.elapsed();
+    eprintln!("standby took over {takeover:?} after the active host stopped");
+    assert!(
+        takeover < Duration::from_secs(8),
+        "took over after a release, not after the lease expired: {takeover:?}"
+    );
+    let after = services::unique("excl-b");
+    publish_round(after.clone(), &second).await;
+    let found = wait_for_records(&graph, &after, keys.len() * per_key as usize).await;
+    assert_each_key_in_order(&found, per_key);
+    second.settled(SETTLE).await;
+    let (_, _, redelivered) = second.consumer_state().await.unwrap();
+    assert_eq!(redelivered, 0, "nothing was delivered twice");
+    second.stop().await;
 }
