@@ -45,6 +45,13 @@
 //! extracted runs unordered. See the README's "Delivery" section for what
 //! is and is not guaranteed.
 //!
+//! # Exclusive handlers
+//!
+//! With `exclusive = true` the pull loop runs only while this host holds
+//! the handler's [`crate::lease::Lease`]; without it the host stands by. A
+//! lost lease ends the current pull request (what is held still runs and
+//! is settled); a stopping host releases the lease after its drain.
+//!
 //! # Draining
 //!
 //! When `shutdown` is cancelled the task stops asking for messages; queued
