@@ -7,6 +7,7 @@
 //! | row         | fault                                                      |
 //! |-------------|------------------------------------------------------------|
 //! | `kill`      | SIGKILL a host (of two sharing the durable) several times |
+//! | `failover`  | SIGKILL the active host of an exclusive handler           |
 //! | `nats`      | NATS restarted mid-stream (two hosts)                      |
 //! | `valkey`    | Valkey SIGKILLed in the middle of a handler's scan        |
 //! | `neo4j`     | Neo4j restarted while 32 handlers upsert the same ids      |
@@ -102,6 +103,7 @@ struct HandlerSpec {
     ack_wait: &'static str,
     deadline: &'static str,
     max_deliver: u32,
+    exclusive: bool,
 }
 
 impl HandlerSpec {
@@ -113,6 +115,7 @@ impl HandlerSpec {
             ack_wait: "5s",
             deadline: "4s",
             max_deliver: 50,
+            exclusive: false,
         }
     }
 }
@@ -143,6 +146,7 @@ fn config_toml(names: &Names, handlers: &[HandlerSpec], max_instances: u32) -> S
         .set("deadline", spec.deadline)
         .set("drain_grace", "10s")
         .set("max_host_calls", 100_000)
+        .set("exclusive", spec.exclusive)
         .grant("cache_keys", [format!("{prefix}*")])
         .grant("graph_labels", ["PhaseTransition"])
         .config("key_prefix", prefix.as_str())
@@ -922,6 +926,116 @@ async fn row_kill(options: &Options, js: &Context) -> RowResult {
     result
 }
 
+/// Index of the fleet's host whose log says it took the lease last.
+fn lease_holder(fleet: &Fleet) -> Option<usize> {
+    fleet.hosts.iter().position(|host| {
+        std::fs::read_to_string(&host.log)
+            .map(|log| {
+                let taken = log.rfind("lease taken");
+                let lost = log.rfind("lease lost").max(log.rfind("lease released"));
+                taken.is_some() && taken > lost
+            })
+            .unwrap_or(false)
+    })
+}
+
+async fn row_failover(options: &Options, js: &Context) -> RowResult {
+    let graph = &neo4j().await;
+    let total = if options.short { 1_000 } else { 5_000 };
+    let per_story = 10;
+    let names = Names::new("failover");
+    let mut result = RowResult {
+        fault: "SIGKILL the active host of an exclusive handler".into(),
+        sent: total.to_string(),
+        ..RowResult::default()
+    };
+    flush_db().await;
+    let stories: Vec<String> = (0..total / per_story).map(|i| story(&names, i)).collect();
+    seed_keys(&key_prefix(&names), &stories, None).await;
+    let mut handler = HandlerSpec::new("story-transitions");
+    handler.exclusive = true;
+    let durable = names.durable(&handler.name);
+    let mut fleet = Fleet::new(options, "failover", &config_toml(&names, &[handler], 64));
+    fleet.spawn(options);
+    fleet.spawn(options);
+    fleet.ready().await;
+    wait_until(
+        Duration::from_secs(30),
+        "one host holds the lease",
+        || async {
+            lease_holder(&fleet)
+                .map(|_| ())
+                .ok_or_else(|| "no lease taken".to_string())
+        },
+    )
+    .await;
+
+    let payloads: Vec<Bytes> = (0..per_story)
+        .flat_map(|t| {
+            stories
+                .iter()
+                .map(move |s| transition(s, &format!("t{t:02}"), t % 2 == 0))
+        })
+        .collect();
+    let monitor = StallMonitor::start(
+        js.clone(),
+        names.stream.clone(),
+        vec![durable.clone()],
+        fleet.addresses.clone(),
+    );
+    let third = payloads.len() / 3;
+    publish_all(
+        js,
+        &names.subject,
+        &format!("{}-a", names.id),
+        &payloads[..third],
+    )
+    .await;
+    let active = lease_holder(&fleet).expect("a lease holder");
+    eprintln!(
+        "  [failover] SIGKILL {} (active) after {third} events published",
+        fleet.hosts[active].name
+    );
+    fleet.kill_and_replace(options, active).await;
+    publish_all(
+        js,
+        &names.subject,
+        &format!("{}-b", names.id),
+        &payloads[third..],
+    )
+    .await;
+
+    let expected = event_ids(&stories, per_story);
+    wait_all_handled(
+        js,
+        graph,
+        &names,
+        &durable,
+        &expected,
+        Duration::from_secs(600),
+    )
+    .await;
+    result.max_stall = monitor.finish().await;
+    count_effects(js, graph, &names, &stories, &expected, &mut result).await;
+    // The standby, or the host started in the killed one's place, whichever
+    // took the lease first.
+    let holder = lease_holder(&fleet);
+    result.check(
+        holder.is_some(),
+        format!(
+            "a standby took the lease ({})",
+            holder.map_or("none", |i| fleet.hosts[i].name.as_str())
+        ),
+    );
+    fleet.stop(&mut result).await;
+    let logs = read_logs(&fleet.logs);
+    result.checks.push(format!(
+        "{} events came back from the killed host and ran again on the new holder",
+        logs.redelivered.len()
+    ));
+    result
+}
+
 async fn row_nats(options: &Options, js: &Context) -> RowResult {
     let graph = &neo4j().await;
     let total = if options.short { 1_000 } else { 5_000 };
@@ -1535,7 +1649,7 @@ async fn main() -> ExitCode {
     };
     let started = Instant::now();
     let mut results = Vec::new();
-    for name in ["kill", "nats", "valkey", "neo4j", "malformed"] {
+    for name in ["kill", "failover", "nats", "valkey", "neo4j", "malformed"] {
         if !wanted(name) {
             continue;
         }
@@ -1546,6 +1660,7 @@ async fn main() -> ExitCode {
         let row_started = Instant::now();
         let row: std::pin::Pin<Box<dyn std::future::Future<Output = RowResult> + '_>> = match name {
             "kill" => Box::pin(row_kill(&options, &js)),
+            "failover" => Box::pin(row_failover(&options, &js)),
             "nats" => Box::pin(row_nats(&options, &js)),
             "valkey" => Box::pin(row_valkey(&options, &js)),
             "neo4j" => Box::pin(row_neo4j(&options, &js)),
