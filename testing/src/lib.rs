@@ -34,27 +34,57 @@ use serde_json::Value as Json;
 pub use switchyard::backend::memory::{StoredNode, StoredRelation};
 pub use switchyard::bindings::graph::Value;
 pub use switchyard::capability::Effects;
+use switchyard::grant::{Grants, GrantsConfig};
 pub use switchyard::isolation::EventSpec;
-use switchyard::isolation::Isolation;
+use switchyard::isolation::{Isolation, Profile};
 pub use switchyard::runtime::{Dispatch, Fault, Limits, Outcome};
 
-/// Configures a plugin before it starts.
+/// Configures a plugin before it starts. By default every key, label and
+/// relation is granted and the default limits apply.
 pub struct Builder {
     path: PathBuf,
-    config: BTreeMap<String, String>,
-    limits: Limits,
+    profile: Profile,
 }
 
 impl Builder {
     /// Sets one plugin configuration value.
     pub fn config(mut self, key: &str, value: &str) -> Self {
-        self.config.insert(key.to_string(), value.to_string());
+        self.profile
+            .config
+            .insert(key.to_string(), value.to_string());
         self
     }
 
     /// Replaces the default limits (deadline, memory, host calls).
     pub fn limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
+        self.profile.limits = limits;
+        self
+    }
+
+    /// Grants only what this `[handlers.grants]` table body grants, e.g.
+    /// `cache_keys = ["context:*"]`. Panics, naming the problem, if it is
+    /// not a valid grants table.
+    pub fn grants(mut self, table: &str) -> Self {
+        let config: GrantsConfig =
+            toml::from_str(table).unwrap_or_else(|e| panic!("grants table {table:?} refused: {e}"));
+        self.profile.grants = Grants::new(&config);
+        self
+    }
+
+    /// Runs the plugin as handler `handler` of the service configuration
+    /// at `path` does: its plugin configuration, limits and grants. Later
+    /// [`Builder::config`] calls apply on top. Panics, naming the problem,
+    /// if the file is refused or has no such handler.
+    pub fn as_handler_of(mut self, path: impl AsRef<Path>, handler: &str) -> Self {
+        let path = path.as_ref();
+        let service = switchyard::config::Config::load(path)
+            .unwrap_or_else(|e| panic!("service configuration {}: {e}", path.display()));
+        let found = service
+            .handlers
+            .iter()
+            .find(|h| h.name == handler)
+            .unwrap_or_else(|| panic!("{} has no handler {handler:?}", path.display()));
+        self.profile = Profile::of(found);
         self
     }
 
@@ -69,14 +99,14 @@ impl Builder {
     pub fn try_start(self) -> Result<Harness, String> {
         let bytes = std::fs::read(&self.path)
             .map_err(|e| format!("cannot read plugin {}: {e}", self.path.display()))?;
-        let isolation =
-            Isolation::with_limits(&bytes, self.config, self.limits).map_err(|e| e.to_string())?;
+        let isolation = Isolation::load(&bytes, self.profile).map_err(|e| e.to_string())?;
         Ok(Harness::new(isolation))
     }
 
     fn start_bytes(self, bytes: &[u8]) -> Harness {
-        let isolation = Isolation::with_limits(bytes, self.config, self.limits)
-            .unwrap_or_else(|e| panic!("plugin {} refused: {e}", self.path.display()));
+        let path = self.path;
+        let isolation = Isolation::load(bytes, self.profile)
+            .unwrap_or_else(|e| panic!("plugin {} refused: {e}", path.display()));
         Harness::new(isolation)
     }
 }
@@ -92,8 +122,7 @@ impl Harness {
     pub fn load(path: impl AsRef<Path>) -> Builder {
         Builder {
             path: path.as_ref().to_path_buf(),
-            config: BTreeMap::new(),
-            limits: Limits::default(),
+            profile: Profile::unrestricted(BTreeMap::new()),
         }
     }
 

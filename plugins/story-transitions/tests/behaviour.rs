@@ -222,3 +222,35 @@ fn unavailable_backend_retries_with_a_delay_that_grows_per_attempt() {
     plugin.send_json(SUBJECT, flat("S2", "t2")).assert_retry();
     plugin.assert_keys(["context:S2"]);
 }
+
+#[test]
+fn a_scan_outside_the_grants_is_denied_and_the_event_rejected_with_the_keys_left() {
+    let mut plugin = Harness::load(STORY_TRANSITIONS)
+        .grants("cache_keys = [\"other:*\"]\ngraph_labels = [\"PhaseTransition\"]")
+        .start();
+    plugin.seed_keys(["context:S1", "context:S1:dev"]);
+    let reason = plugin
+        .send_json(SUBJECT, json!({"story_id": "S1", "timestamp": "t1"}))
+        .assert_reject_containing("denied");
+    assert!(reason.contains("context:S1"), "names the pattern: {reason}");
+    plugin.assert_keys(["context:S1", "context:S1:dev"]);
+    // The graph step comes first by design (see the crate docs).
+    plugin.assert_node_count("PhaseTransition", 1);
+}
+
+#[test]
+fn runs_with_the_grants_of_the_example_service_configuration() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/switchyard.toml"
+    );
+    let mut plugin = Harness::load(STORY_TRANSITIONS)
+        .as_handler_of(example, "story-transitions")
+        .start();
+    plugin.seed_keys(["context:S1", "context:S1:dev", "context:S10"]);
+    plugin
+        .send_json(SUBJECT, json!({"story_id": "S1", "timestamp": "t1"}))
+        .assert_ack()
+        .assert_deleted(2);
+    plugin.assert_keys(["context:S10"]);
+}
