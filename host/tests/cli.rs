@@ -26,18 +26,22 @@ fn temp_file(name: &str, contents: &str) -> PathBuf {
     path
 }
 
-#[test]
-fn test_command_runs_the_stress_scenario_to_fifty_acks_and_no_keys_left() {
-    let output = switchyard()
+/// `switchyard test` of story-transitions on the stress scenario.
+fn test_stress_scenario() -> Command {
+    let mut command = switchyard();
+    command
         .arg("test")
         .arg(STORY_TRANSITIONS)
         .arg("--events")
         .arg(example("stress/events.jsonl"))
         .arg("--cache")
-        .arg(example("stress/cache.json"))
-        .arg("--json")
-        .output()
-        .unwrap();
+        .arg(example("stress/cache.json"));
+    command
+}
+
+#[test]
+fn test_command_runs_the_stress_scenario_to_fifty_acks_and_no_keys_left() {
+    let output = test_stress_scenario().arg("--json").output().unwrap();
     assert!(
         output.status.success(),
         "{}",
@@ -152,13 +156,7 @@ fn test_command_names_the_bad_line_of_an_events_file() {
 #[test]
 fn test_command_runs_with_a_handlers_grants_from_the_service_configuration() {
     let run = |service: &PathBuf, handler: &str| {
-        switchyard()
-            .arg("test")
-            .arg(STORY_TRANSITIONS)
-            .arg("--events")
-            .arg(example("stress/events.jsonl"))
-            .arg("--cache")
-            .arg(example("stress/cache.json"))
+        test_stress_scenario()
             .arg("--service")
             .arg(service)
             .arg("--handler")

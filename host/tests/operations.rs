@@ -327,14 +327,7 @@ async fn seed_scenario_shows_fifty_acks_fifty_keys_deleted_and_fifty_upserts_in_
         .collect();
     // Another story whose id starts with a stress id: it must stay.
     let other = format!("{}STRESS-NEO-00010", key_prefix(&names));
-    for key in keys.iter().chain([&other]) {
-        let _: () = redis::cmd("SET")
-            .arg(key)
-            .arg("rendered")
-            .query_async(&mut valkey)
-            .await
-            .unwrap();
-    }
+    services::set_keys(&mut valkey, keys.iter().chain([&other]), "rendered").await;
     let timestamp = services::unique("2026-11-26T00:00:00Z#");
 
     let mut serve = Serve::start(&names, plugin_file(), &[]);

@@ -123,3 +123,35 @@ pub async fn jetstream() -> async_nats::jetstream::Context {
         .unwrap_or_else(|e| panic!("cannot connect to NATS at {}: {e}", nats_url()));
     async_nats::jetstream::new(client)
 }
+
+/// Sets each of `keys` to `value` in the test Valkey.
+pub async fn set_keys<K: AsRef<str>>(
+    valkey: &mut redis::aio::MultiplexedConnection,
+    keys: impl IntoIterator<Item = K>,
+    value: &str,
+) {
+    for key in keys {
+        let key = key.as_ref();
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query_async(valkey)
+            .await
+            .unwrap_or_else(|e| panic!("SET {key}: {e}"));
+    }
+}
+
+/// What the hosts answering on `<control_subject>.status` report within
+/// half a second.
+pub async fn fleet_status(control_subject: &str) -> Vec<switchyard::control::HostStatus> {
+    let client = async_nats::connect(nats_url())
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to NATS at {}: {e}", nats_url()));
+    switchyard::control::gather_status(
+        &client,
+        &format!("{control_subject}.status"),
+        Duration::from_millis(500),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("status request on {control_subject}.status: {e}"))
+}

@@ -822,6 +822,33 @@ async fn count_effects(
     );
 }
 
+/// What the two-host rows start from: stories seeded with keys, and two
+/// hosts of `spec` sharing its durable, ready.
+struct TwoHosts {
+    names: Names,
+    stories: Vec<String>,
+    durable: String,
+    fleet: Fleet,
+}
+
+async fn two_hosts(options: &Options, row: &str, spec: HandlerSpec, stories: usize) -> TwoHosts {
+    let names = Names::new(row);
+    flush_db().await;
+    let stories: Vec<String> = (0..stories).map(|i| story(&names, i)).collect();
+    seed_keys(&key_prefix(&names), &stories, None).await;
+    let durable = names.durable(&spec.name);
+    let mut fleet = Fleet::new(options, row, &config_toml(&names, &[spec], 64));
+    fleet.spawn(options);
+    fleet.spawn(options);
+    fleet.ready().await;
+    TwoHosts {
+        names,
+        stories,
+        durable,
+        fleet,
+    }
+}
+
 async fn row_kill(options: &Options, js: &Context) -> RowResult {
     let graph = &neo4j().await;
     let (total, kills) = if options.short {
@@ -830,22 +857,23 @@ async fn row_kill(options: &Options, js: &Context) -> RowResult {
         (20_000, 5)
     };
     let per_story = 20;
-    let stories_count = total / per_story;
-    let names = Names::new("kill");
     let mut result = RowResult {
         fault: format!("SIGKILL a host {kills}x (2 hosts, one durable)"),
         sent: total.to_string(),
         ..RowResult::default()
     };
-    flush_db().await;
-    let stories: Vec<String> = (0..stories_count).map(|i| story(&names, i)).collect();
-    seed_keys(&key_prefix(&names), &stories, None).await;
-    let handler = HandlerSpec::new("story-transitions");
-    let durable = names.durable(&handler.name);
-    let mut fleet = Fleet::new(options, "kill", &config_toml(&names, &[handler], 64));
-    fleet.spawn(options);
-    fleet.spawn(options);
-    fleet.ready().await;
+    let TwoHosts {
+        names,
+        stories,
+        durable,
+        mut fleet,
+    } = two_hosts(
+        options,
+        "kill",
+        HandlerSpec::new("story-transitions"),
+        total / per_story,
+    )
+    .await;
 
     // Interleaved: every story's first event, then every story's second...
     let payloads: Vec<Bytes> = (0..per_story)
@@ -943,22 +971,21 @@ async fn row_failover(options: &Options, js: &Context) -> RowResult {
     let graph = &neo4j().await;
     let total = if options.short { 1_000 } else { 5_000 };
     let per_story = 10;
-    let names = Names::new("failover");
     let mut result = RowResult {
         fault: "SIGKILL the active host of an exclusive handler".into(),
         sent: total.to_string(),
         ..RowResult::default()
     };
-    flush_db().await;
-    let stories: Vec<String> = (0..total / per_story).map(|i| story(&names, i)).collect();
-    seed_keys(&key_prefix(&names), &stories, None).await;
-    let mut handler = HandlerSpec::new("story-transitions");
-    handler.exclusive = true;
-    let durable = names.durable(&handler.name);
-    let mut fleet = Fleet::new(options, "failover", &config_toml(&names, &[handler], 64));
-    fleet.spawn(options);
-    fleet.spawn(options);
-    fleet.ready().await;
+    let spec = HandlerSpec {
+        exclusive: true,
+        ..HandlerSpec::new("story-transitions")
+    };
+    let TwoHosts {
+        names,
+        stories,
+        durable,
+        mut fleet,
+    } = two_hosts(options, "failover", spec, total / per_story).await;
     wait_until(
         Duration::from_secs(30),
         "one host holds the lease",
@@ -1040,21 +1067,23 @@ async fn row_nats(options: &Options, js: &Context) -> RowResult {
     let graph = &neo4j().await;
     let total = if options.short { 1_000 } else { 5_000 };
     let per_story = 10;
-    let names = Names::new("nats");
     let mut result = RowResult {
         fault: "NATS restarted mid-stream (2 hosts)".into(),
         sent: total.to_string(),
         ..RowResult::default()
     };
-    flush_db().await;
-    let stories: Vec<String> = (0..total / per_story).map(|i| story(&names, i)).collect();
-    seed_keys(&key_prefix(&names), &stories, None).await;
-    let handler = HandlerSpec::new("story-transitions");
-    let durable = names.durable(&handler.name);
-    let mut fleet = Fleet::new(options, "nats", &config_toml(&names, &[handler], 64));
-    fleet.spawn(options);
-    fleet.spawn(options);
-    fleet.ready().await;
+    let TwoHosts {
+        names,
+        stories,
+        durable,
+        mut fleet,
+    } = two_hosts(
+        options,
+        "nats",
+        HandlerSpec::new("story-transitions"),
+        total / per_story,
+    )
+    .await;
     let payloads: Vec<Bytes> = (0..per_story)
         .flat_map(|t| {
             stories

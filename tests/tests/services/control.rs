@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use switchyard::control::{ControlPlane, gather_status};
+use switchyard::control::ControlPlane;
 use switchyard::runtime::Digest;
 use switchyard_tests::artifacts::{HOSTILE, story_transitions_variant};
 use switchyard_tests::services;
@@ -17,14 +17,8 @@ const OBJECT: &str = "story-transitions";
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Digests the hosts answering on the control subject run for the handler.
-async fn fleet_digests(client: &async_nats::Client, names: &Names) -> Vec<String> {
-    let hosts = gather_status(
-        client,
-        &format!("{}.status", names.control_subject),
-        Duration::from_millis(500),
-    )
-    .await
-    .unwrap();
+async fn fleet_digests(names: &Names) -> Vec<String> {
+    let hosts = services::fleet_status(&names.control_subject).await;
     hosts
         .iter()
         .flat_map(|h| {
@@ -36,9 +30,9 @@ async fn fleet_digests(client: &async_nats::Client, names: &Names) -> Vec<String
         .collect()
 }
 
-async fn fleet_on(client: &async_nats::Client, names: &Names, digest: &str, hosts: usize) {
+async fn fleet_on(names: &Names, digest: &str, hosts: usize) {
     services::eventually(WAIT, &format!("{hosts} hosts on {digest}"), || async {
-        let digests = fleet_digests(client, names).await;
+        let digests = fleet_digests(names).await;
         if digests.len() == hosts && digests.iter().all(|d| d == digest) {
             Ok(())
         } else {
@@ -53,8 +47,7 @@ async fn push_reaches_two_hosts_and_rollback_restores_the_previous_digest() {
     let _servers = services::shared().await;
     let graph = services::neo4j().await;
     let names = Names::new("t");
-    let client = async_nats::connect(services::nats_url()).await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
+    let js = services::jetstream().await;
     let config = default_config(&names);
     let control = ControlPlane::open(&js, &config.nats).await.unwrap();
     let (first, second) = (story_transitions_variant(1), story_transitions_variant(2));
@@ -66,7 +59,7 @@ async fn push_reaches_two_hosts_and_rollback_restores_the_previous_digest() {
     };
     let host_a = TestService::start_named(names.clone(), options()).await;
     let host_b = TestService::start_named(names.clone(), options()).await;
-    fleet_on(&client, &names, Digest::of(&first).as_str(), 2).await;
+    fleet_on(&names, Digest::of(&first).as_str(), 2).await;
 
     let timestamp = services::unique("fleet#");
     for i in 0..200 {
@@ -77,7 +70,7 @@ async fn push_reaches_two_hosts_and_rollback_restores_the_previous_digest() {
             .publish(transition(&format!("FLEET-{i}"), &timestamp))
             .await;
     }
-    fleet_on(&client, &names, Digest::of(&second).as_str(), 2).await;
+    fleet_on(&names, Digest::of(&second).as_str(), 2).await;
 
     let history = control.history(OBJECT).await.unwrap();
     let digests: Vec<&str> = history.iter().map(|v| v.digest.as_str()).collect();
@@ -87,7 +80,7 @@ async fn push_reaches_two_hosts_and_rollback_restores_the_previous_digest() {
     );
     let restored = control.rollback(OBJECT, None).await.unwrap();
     assert_eq!(restored.digest, Digest::of(&first).as_str());
-    fleet_on(&client, &names, Digest::of(&first).as_str(), 2).await;
+    fleet_on(&names, Digest::of(&first).as_str(), 2).await;
 
     services::eventually(
         WAIT,
@@ -111,8 +104,7 @@ async fn push_reaches_two_hosts_and_rollback_restores_the_previous_digest() {
 async fn pushed_version_failing_its_fixtures_is_refused_by_every_host() {
     let _servers = services::shared().await;
     let names = Names::new("t");
-    let client = async_nats::connect(services::nats_url()).await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
+    let js = services::jetstream().await;
     let config = default_config(&names);
     let control = ControlPlane::open(&js, &config.nats).await.unwrap();
     let good = story_transitions_variant(1);
@@ -126,7 +118,7 @@ async fn pushed_version_failing_its_fixtures_is_refused_by_every_host() {
         },
     )
     .await;
-    fleet_on(&client, &names, Digest::of(&good).as_str(), 1).await;
+    fleet_on(&names, Digest::of(&good).as_str(), 1).await;
 
     // Bypass the CLI's own check: the host must refuse on its own.
     let fixtures = std::fs::read(concat!(
@@ -148,13 +140,7 @@ async fn pushed_version_failing_its_fixtures_is_refused_by_every_host() {
         }
     })
     .await;
-    let hosts = gather_status(
-        &client,
-        &format!("{}.status", names.control_subject),
-        Duration::from_millis(500),
-    )
-    .await
-    .unwrap();
+    let hosts = services::fleet_status(&names.control_subject).await;
     let status = &hosts[0].handlers[0];
     assert_eq!(
         status.digest,
@@ -184,8 +170,7 @@ async fn shadow_candidate_reports_a_planted_difference_without_side_effects() {
     let mut valkey = services::valkey().await;
     let graph = services::neo4j().await;
     let names = Names::new("t");
-    let client = async_nats::connect(services::nats_url()).await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
+    let js = services::jetstream().await;
     let config = default_config(&names);
     let control = ControlPlane::open(&js, &config.nats).await.unwrap();
     let live = story_transitions_variant(1);
@@ -199,20 +184,14 @@ async fn shadow_candidate_reports_a_planted_difference_without_side_effects() {
         },
     )
     .await;
-    fleet_on(&client, &names, Digest::of(&live).as_str(), 1).await;
+    fleet_on(&names, Digest::of(&live).as_str(), 1).await;
 
     // The candidate acks every event and deletes nothing: a planted bug.
     let candidate = std::fs::read(HOSTILE).unwrap();
     control.push(OBJECT, &candidate, None, true).await.unwrap();
     let shadow_digest = Digest::of(&candidate).to_string();
     services::eventually(WAIT, "candidate running in shadow", || async {
-        let hosts = gather_status(
-            &client,
-            &format!("{}.status", names.control_subject),
-            Duration::from_millis(300),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        let hosts = services::fleet_status(&names.control_subject).await;
         match hosts.first().and_then(|h| h.handlers[0].shadow.clone()) {
             Some(shadow) if shadow.digest == shadow_digest => Ok(()),
             other => Err(format!("{other:?}")),
@@ -222,14 +201,7 @@ async fn shadow_candidate_reports_a_planted_difference_without_side_effects() {
 
     let story = services::unique("SHADOW-");
     let keys = [format!("context:{story}"), format!("context:{story}:dev")];
-    for key in &keys {
-        let _: () = redis::cmd("SET")
-            .arg(key)
-            .arg("v")
-            .query_async(&mut valkey)
-            .await
-            .unwrap();
-    }
+    services::set_keys(&mut valkey, &keys, "v").await;
     let timestamp = services::unique("shadow#");
     host.publish(transition(&story, &timestamp)).await;
     host.settled(WAIT).await;
@@ -237,13 +209,7 @@ async fn shadow_candidate_reports_a_planted_difference_without_side_effects() {
     let differ =
         format!("switchyard_shadow_events_total{{handler=\"{HANDLER}\",result=\"differ\"}}");
     assert_eq!(host.metric(&differ).await, Some(1.0));
-    let hosts = gather_status(
-        &client,
-        &format!("{}.status", names.control_subject),
-        Duration::from_millis(500),
-    )
-    .await
-    .unwrap();
+    let hosts = services::fleet_status(&names.control_subject).await;
     let shadow = hosts[0].handlers[0].shadow.clone().unwrap();
     assert_eq!((shadow.compared, shadow.differing), (1, 1));
     let difference = shadow.last_difference.unwrap();
@@ -261,6 +227,6 @@ async fn shadow_candidate_reports_a_planted_difference_without_side_effects() {
 
     let promoted = control.promote(OBJECT).await.unwrap();
     assert_eq!(promoted.digest, shadow_digest);
-    fleet_on(&client, &names, &shadow_digest, 1).await;
+    fleet_on(&names, &shadow_digest, 1).await;
     host.stop().await;
 }

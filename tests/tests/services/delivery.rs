@@ -552,14 +552,7 @@ async fn dead_letters_are_listed_then_replayed_after_a_fix() {
 
 /// (lease state, events handled) of each host answering for `names`.
 async fn lease_states(names: &Names) -> Vec<(String, u64)> {
-    let client = async_nats::connect(services::nats_url()).await.unwrap();
-    let hosts = switchyard::control::gather_status(
-        &client,
-        &format!("{}.status", names.control_subject),
-        Duration::from_millis(500),
-    )
-    .await
-    .unwrap();
+    let hosts = services::fleet_status(&names.control_subject).await;
     let mut states: Vec<(String, u64)> = hosts
         .iter()
         .flat_map(|h| &h.handlers)

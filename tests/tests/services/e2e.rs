@@ -23,14 +23,7 @@ async fn stress_scenario_deletes_every_key_and_writes_fifty_nodes() {
         .map(|i| format!("context:STRESS-NEO-{i:04}"))
         .collect();
     let other = "context:STRESS-NEO-00010".to_string();
-    for key in keys.iter().chain([&other]) {
-        let _: () = redis::cmd("SET")
-            .arg(key)
-            .arg("rendered")
-            .query_async(&mut valkey)
-            .await
-            .unwrap();
-    }
+    services::set_keys(&mut valkey, keys.iter().chain([&other]), "rendered").await;
     // A timestamp of this run's own, so nodes from earlier runs never count.
     let timestamp = services::unique("2026-11-26T00:00:00Z#");
 
@@ -186,14 +179,7 @@ async fn events_arriving_while_valkey_is_down_are_retried_until_it_is_back() {
         .iter()
         .flat_map(|s| [format!("context:{s}"), format!("context:{s}:developer")])
         .collect();
-    for key in &keys {
-        let _: () = redis::cmd("SET")
-            .arg(key)
-            .arg("v")
-            .query_async(&mut valkey)
-            .await
-            .unwrap();
-    }
+    services::set_keys(&mut valkey, &keys, "v").await;
 
     services::control("stop", "valkey");
     for story in &stories {

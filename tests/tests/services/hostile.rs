@@ -332,14 +332,7 @@ async fn a_well_behaved_handler_beside_a_hostile_one_handles_every_event() {
         .map(|i| services::unique(&format!("NEIGHBOUR-{i}-")))
         .collect();
     let keys: Vec<String> = stories.iter().map(|s| format!("context:{s}")).collect();
-    for key in &keys {
-        let _: () = redis::cmd("SET")
-            .arg(key)
-            .arg("v")
-            .query_async(&mut valkey)
-            .await
-            .unwrap();
-    }
+    services::set_keys(&mut valkey, &keys, "v").await;
     let timestamp = services::unique("neighbour#");
     let attacks = [
         "loop",

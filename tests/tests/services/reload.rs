@@ -137,13 +137,7 @@ async fn swapping_every_200ms_under_load_loses_and_duplicates_no_event() {
     publish_and_wait(&service, &graph, "QUIET-B", baseline_events).await;
     service.settled(Duration::from_secs(60)).await;
     let end = histogram(&service).await;
-    let hosts = switchyard::control::gather_status(
-        &async_nats::connect(services::nats_url()).await.unwrap(),
-        &format!("{}.status", service.names.control_subject),
-        Duration::from_millis(500),
-    )
-    .await
-    .unwrap();
+    let hosts = services::fleet_status(&service.names.control_subject).await;
     eprintln!(
         "p99 handling latency: {:.2} ms without swaps ({baseline_events} events), {:.2} ms with a swap every 200 ms ({total} events), {:.2} ms without swaps again ({baseline_events} events); longest swap {} ns",
         p99(&difference(&before, &empty)) * 1e3,
