@@ -62,6 +62,7 @@ pub struct Metrics {
     pub shadow: Family<ResultLabels, Counter>,
     pub pending: Family<HandlerLabel, Gauge>,
     pub ack_pending: Family<HandlerLabel, Gauge>,
+    pub lease_held: Family<HandlerLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -168,6 +169,12 @@ impl Metrics {
             "Events delivered and not yet settled",
             ack_pending.clone(),
         );
+        let lease_held = Family::<HandlerLabel, Gauge>::default();
+        registry.register(
+            "lease_held",
+            "For an exclusive handler: 1 while this host runs it, 0 while it stands by",
+            lease_held.clone(),
+        );
         Metrics {
             registry,
             events,
@@ -184,6 +191,7 @@ impl Metrics {
             shadow,
             pending,
             ack_pending,
+            lease_held,
         }
     }
 
@@ -307,6 +315,12 @@ impl Metrics {
         self.ack_pending
             .get_or_create(&handler(name))
             .set(ack_pending as i64);
+    }
+
+    pub fn lease_held(&self, name: &str, held: bool) {
+        self.lease_held
+            .get_or_create(&handler(name))
+            .set(i64::from(held));
     }
 
     /// The Prometheus text exposition of every metric.

@@ -288,6 +288,9 @@ async fn watch_consumer(
                 .metrics
                 .consumer_state(handler.name(), info.num_pending, info.num_ack_pending);
         }
+        if let Some(lease) = handler.lease.get() {
+            shared.metrics.lease_held(handler.name(), lease.is_held());
+        }
     }
 }
 
