@@ -677,7 +677,14 @@ impl Flow {
             () = lease.acquired() => {}
             () = self.shutdown.cancelled() => return false,
         }
-        let unacked = consumer.info().await.map_or(0, |info| info.num_ack_pending);
+        // Unsettled messages this host holds itself (after a lost lease) are
+        // not a previous holder's.
+        let ours = (self.hold_capacity as usize).saturating_sub(self.hold.available_permits());
+        let unacked = consumer
+            .info()
+            .await
+            .map_or(0, |info| info.num_ack_pending)
+            .saturating_sub(ours);
         if unacked > 0 {
             let wait = self.handler.config.ack_wait;
             tracing::info!(handler = %self.name(), unacked, ?wait, "took over with events the previous holder never settled; waiting for them to come back first");
