@@ -468,6 +468,15 @@ impl Config {
                     ),
                 ));
             }
+            let status = format!("{}.status", self.nats.control_subject);
+            if subject_matches(subject, &status) {
+                return Err(invalid(
+                    "nats.control_subject",
+                    format!(
+                        "status requests would land in the source stream: `{subject}` covers `{status}`"
+                    ),
+                ));
+            }
         }
         if self.runtime.max_instances == 0 {
             return Err(invalid("runtime.max_instances", "must be at least 1"));
@@ -895,6 +904,20 @@ key_prefix = "context:"
         );
         let error = parse(&text, &[]).unwrap_err().to_string();
         assert!(error.contains("nats.dead_letter_subject"), "{error}");
+    }
+
+    #[test]
+    fn refuses_a_control_subject_inside_the_source_stream() {
+        let text = MINIMAL.replace(
+            "stream_subjects = [\"planning.>\"]",
+            "stream_subjects = [\"planning.>\"]\ncontrol_subject = \"planning.control\"",
+        );
+        let error = parse(&text, &[]).unwrap_err().to_string();
+        assert!(
+            error.starts_with("config key `nats.control_subject`")
+                && error.contains("`planning.>` covers `planning.control.status`"),
+            "{error}"
+        );
     }
 
     #[test]
