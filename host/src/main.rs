@@ -51,7 +51,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Kept until `main` returns: dropping it flushes the spans still batched.
-    let _telemetry = init_logging(cli.log_format, cli.otlp_endpoint.as_deref());
+    // The one-shot commands print their results on stdout; their logs are
+    // for problems only, unless SWITCHYARD_LOG asks for more.
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    let _telemetry = init_logging(cli.log_format, cli.otlp_endpoint.as_deref(), default_level);
     let result = match cli.command {
         Command::Serve(args) => commands::serve::run(args),
         Command::Publish(args) => commands::publish::run(args),
@@ -70,18 +76,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr; `SWITCHYARD_LOG` (or `RUST_LOG`) filters them, `info`
-/// by default. With an OTLP endpoint, spans are also exported (see
+/// Logs go to stderr; `SWITCHYARD_LOG` (or `RUST_LOG`) filters them,
+/// `default_level` otherwise. With an OTLP endpoint, spans are also exported (see
 /// `switchyard::telemetry`); the returned guard flushes them when dropped.
 fn init_logging(
     format: LogFormat,
     otlp_endpoint: Option<&str>,
+    default_level: &str,
 ) -> Option<switchyard::telemetry::Telemetry> {
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::{EnvFilter, fmt};
     let filter = EnvFilter::try_from_env("SWITCHYARD_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .unwrap_or_else(|_| EnvFilter::new(default_level));
     let (otel, telemetry) = match otlp_endpoint.filter(|endpoint| !endpoint.trim().is_empty()) {
         None => (None, None),
         Some(endpoint) => match switchyard::telemetry::layer(endpoint) {
