@@ -141,7 +141,18 @@ impl Lease {
                 tracing::info!(lease = %self.key, holder = %self.holder, "lease taken: this host runs the handler");
                 self.held.send_replace(true);
             }
-            Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {}
+            Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
+                // Still ours from before a lost renewal (a connection blip):
+                // take it back instead of waiting for it to expire.
+                if let Ok(Some(entry)) = self.store.entry(self.key.clone()).await
+                    && entry.operation == kv::Operation::Put
+                    && entry.value.as_ref() == self.holder.as_bytes()
+                {
+                    *held_revision = Some(entry.revision);
+                    tracing::info!(lease = %self.key, "lease taken back: this host runs the handler again");
+                    self.held.send_replace(true);
+                }
+            }
             Err(error) => {
                 tracing::warn!(lease = %self.key, %error, "cannot take the lease; trying again");
             }

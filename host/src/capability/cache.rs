@@ -199,6 +199,14 @@ mod tests {
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
         let (mut state, _) = granted(&["context:*"]);
+        // A callsite first hit by another test thread while this subscriber
+        // was being registered can cache "no interest". Once every callsite
+        // here is registered, rebuilding the cache makes the run below see
+        // this subscriber.
+        let _ = state.scan("*".into(), 0, 10).await.unwrap();
+        let _ = state.delete(vec!["other:S1".into()]).await.unwrap();
+        tracing::callsite::rebuild_interest_cache();
+        captured.0.lock().unwrap().clear();
         let _ = state.scan("*".into(), 0, 10).await.unwrap();
         let _ = state.delete(vec!["other:S1".into()]).await.unwrap();
         let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
