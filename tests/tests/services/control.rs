@@ -42,6 +42,27 @@ async fn fleet_on(names: &Names, digest: &str, hosts: usize) {
     .await;
 }
 
+/// The control plane of `names`, with `first` pushed as the live version
+/// and one host serving `/metrics` running it.
+async fn one_host_on(names: &Names, first: &[u8]) -> (ControlPlane, TestService) {
+    let js = services::jetstream().await;
+    let control = ControlPlane::open(&js, &default_config(names).nats)
+        .await
+        .unwrap();
+    control.push(OBJECT, first, None, false).await.unwrap();
+    let host = TestService::start_named(
+        names.clone(),
+        Options {
+            plugin_object: Some(OBJECT.to_string()),
+            http: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    fleet_on(names, Digest::of(first).as_str(), 1).await;
+    (control, host)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_reaches_two_hosts_and_rollback_restores_the_previous_digest() {
     let _servers = services::shared().await;
@@ -104,21 +125,8 @@ async fn push_reaches_two_hosts_and_rollback_restores_the_previous_digest() {
 async fn pushed_version_failing_its_fixtures_is_refused_by_every_host() {
     let _servers = services::shared().await;
     let names = Names::new("t");
-    let js = services::jetstream().await;
-    let config = default_config(&names);
-    let control = ControlPlane::open(&js, &config.nats).await.unwrap();
     let good = story_transitions_variant(1);
-    control.push(OBJECT, &good, None, false).await.unwrap();
-    let host = TestService::start_named(
-        names.clone(),
-        Options {
-            plugin_object: Some(OBJECT.to_string()),
-            http: true,
-            ..Options::default()
-        },
-    )
-    .await;
-    fleet_on(&names, Digest::of(&good).as_str(), 1).await;
+    let (control, host) = one_host_on(&names, &good).await;
 
     // Bypass the CLI's own check: the host must refuse on its own.
     let fixtures = std::fs::read(concat!(
@@ -170,21 +178,8 @@ async fn shadow_candidate_reports_a_planted_difference_without_side_effects() {
     let mut valkey = services::valkey().await;
     let graph = services::neo4j().await;
     let names = Names::new("t");
-    let js = services::jetstream().await;
-    let config = default_config(&names);
-    let control = ControlPlane::open(&js, &config.nats).await.unwrap();
     let live = story_transitions_variant(1);
-    control.push(OBJECT, &live, None, false).await.unwrap();
-    let host = TestService::start_named(
-        names.clone(),
-        Options {
-            plugin_object: Some(OBJECT.to_string()),
-            http: true,
-            ..Options::default()
-        },
-    )
-    .await;
-    fleet_on(&names, Digest::of(&live).as_str(), 1).await;
+    let (control, host) = one_host_on(&names, &live).await;
 
     // The candidate acks every event and deletes nothing: a planted bug.
     let candidate = std::fs::read(HOSTILE).unwrap();
