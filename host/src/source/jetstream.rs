@@ -49,8 +49,10 @@
 //!
 //! With `exclusive = true` the pull loop runs only while this host holds
 //! the handler's [`crate::lease::Lease`]; without it the host stands by. A
-//! lost lease ends the current pull request (what is held still runs and
-//! is settled); a stopping host releases the lease after its drain.
+//! lost lease ends the current pull request: events already running finish
+//! and are settled here, events queued behind their key are nak'ed so the
+//! new holder runs them in order. A stopping host releases the lease after
+//! its drain.
 //!
 //! # Draining
 //!
@@ -672,6 +674,12 @@ impl Flow {
         if lease.is_held() {
             return true;
         }
+        // Events waiting behind their key go back to the stream, so the
+        // holder runs them in order; what is running finishes here.
+        let handed_back = self.nak_queued().await;
+        if handed_back > 0 {
+            tracing::warn!(handler = %self.name(), handed_back, "lease lost: queued events handed back");
+        }
         tracing::info!(handler = %self.name(), lease = %lease.key(), "standing by: another host runs this handler");
         tokio::select! {
             () = lease.acquired() => {}
@@ -756,15 +764,23 @@ impl Flow {
     }
 
     /// Naks every queued event that has not started, at once.
-    async fn nak_queued(&self) {
+    /// Naks, without delay, every event waiting behind its key; how many.
+    async fn nak_queued(&self) -> u64 {
         let waiting: Vec<Held> = {
             let mut queues = lock(&self.queues);
             queues.values_mut().flat_map(std::mem::take).collect()
         };
+        let count = waiting.len() as u64;
         for held in waiting {
-            self.drain.unstarted.fetch_add(1, Ordering::Relaxed);
             held.nak(None).await;
         }
+        count
+    }
+
+    /// At shutdown: [`Flow::nak_queued`], counted for the drain report.
+    async fn nak_queued_at_shutdown(&self) {
+        let count = self.nak_queued().await;
+        self.drain.unstarted.fetch_add(count, Ordering::Relaxed);
     }
 }
 
@@ -879,6 +895,10 @@ async fn consume(flow: Arc<Flow>, mut consumer: PullConsumer) {
         // request is closed (a nak while it is open could bring them back
         // to this same request).
         let mut late: Vec<Held> = Vec::new();
+        // The lease was lost during this request: what it still brings is
+        // handed back like `late`, after the queued events, so the next
+        // holder gets each key's events in order.
+        let mut handing_over = false;
         let mut failed = false;
         let give_up = tokio::time::Instant::now() + PULL_EXPIRES + PULL_SLACK;
         let mut connection = tokio::time::interval(Duration::from_millis(100));
@@ -888,14 +908,21 @@ async fn consume(flow: Arc<Flow>, mut consumer: PullConsumer) {
                 biased;
                 () = flow.shutdown.cancelled(), if stopping_at.is_none() => {
                     stopping_at = Some(Instant::now());
-                    let flow = flow.clone();
-                    tokio::spawn(async move { flow.nak_queued().await });
+                    // Before anything this request still brings (`late`), so
+                    // each key's events go back in stream order.
+                    flow.nak_queued_at_shutdown().await;
+                    continue;
+                }
+                // Another host runs the handler now: hand back what waits
+                // behind its key, then what this request still brings.
+                () = flow.lease_lost(), if stopping_at.is_none() && !handing_over => {
+                    handing_over = true;
+                    let handed_back = flow.nak_queued().await;
+                    tracing::warn!(handler = %name, handed_back, "lease lost: stopped taking events; queued ones handed back");
                     continue;
                 }
                 next = batch.next() => next,
                 () = tokio::time::sleep_until(give_up) => break,
-                // Another host runs the handler now: take nothing more.
-                () = flow.lease_lost(), if stopping_at.is_none() => break,
                 _ = connection.tick() => {
                     // After a reconnect the request may be gone with the
                     // old connection: ask again rather than wait it out.
@@ -918,7 +945,7 @@ async fn consume(flow: Arc<Flow>, mut consumer: PullConsumer) {
                     let Some(held) = flow.hold_message(message, permit).await else {
                         continue;
                     };
-                    if stopping_at.is_some() {
+                    if stopping_at.is_some() || handing_over {
                         late.push(held);
                     } else {
                         flow.dispatch(held);
@@ -934,7 +961,9 @@ async fn consume(flow: Arc<Flow>, mut consumer: PullConsumer) {
         drop(batch);
         drop(room);
         for held in late {
-            flow.drain.unstarted.fetch_add(1, Ordering::Relaxed);
+            if stopping_at.is_some() {
+                flow.drain.unstarted.fetch_add(1, Ordering::Relaxed);
+            }
             held.nak(None).await;
         }
         if failed && stopping_at.is_none() {
@@ -946,7 +975,7 @@ async fn consume(flow: Arc<Flow>, mut consumer: PullConsumer) {
     }
     let stopping_at = stopping_at.unwrap_or_else(Instant::now);
     if flow.shutdown.is_cancelled() {
-        flow.nak_queued().await;
+        flow.nak_queued_at_shutdown().await;
     }
 
     // Drain: every hold slot back means every held message was settled.

@@ -643,3 +643,67 @@ async fn exclusive_handler_runs_on_one_host_at_a_time_and_fails_over_in_order() 
     assert_eq!(redelivered, 0, "nothing was delivered twice");
     second.stop().await;
 }
+
+/// An exclusive handler whose lease is taken from it mid-stream (here: the
+/// lease key deleted, as when a renewal is lost) stops pulling, hands back
+/// the events queued behind their keys, and whichever host takes the lease
+/// next runs them: every event once, each key still in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_hands_queued_events_to_the_next_holder_in_key_order() {
+    let _servers = services::shared().await;
+    let graph = services::neo4j().await;
+    let settings = Settings {
+        concurrency: 4,
+        order: &["/key"],
+        exclusive: true,
+        ..Settings::default()
+    };
+    let names = Names::new("d");
+    let first = start(names.clone(), &settings).await;
+    services::eventually(SETTLE, "the first host active", || async {
+        match lease_states(&names).await.as_slice() {
+            [(state, _)] if state == "active" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let second = start(names.clone(), &settings).await;
+
+    let run = services::unique("lost");
+    let keys = ["k0", "k1", "k2", "k3"];
+    let per_key = 8i64;
+    for n in 0..per_key {
+        for key in keys {
+            first
+                .publish(json!({"run": run, "key": key, "n": n, "sleep_ms": 300}).to_string())
+                .await;
+        }
+    }
+    // Some events ran, most wait behind their keys (each key takes 2.4 s;
+    // the holder notices at its next renewal, within 2 s): take the lease
+    // away.
+    wait_for_records(&graph, &run, 4).await;
+    let leases = first.js.get_key_value("switchyard-leases").await.unwrap();
+    leases
+        .delete(format!("{}.{}", names.stream, names.durable(HANDLER)))
+        .await
+        .unwrap();
+
+    let found = wait_for_records(&graph, &run, keys.len() * per_key as usize).await;
+    assert_each_key_in_order(&found, per_key);
+    let handed_back = found.iter().filter(|r| r.attempt > 1).count();
+    eprintln!(
+        "{handed_back} of {} events ran on a later delivery",
+        found.len()
+    );
+    assert!(handed_back > 0, "queued events were handed back: {found:?}");
+    first.settled(SETTLE).await;
+    let states = lease_states(&names).await;
+    assert_eq!(
+        states.iter().filter(|(state, _)| state == "active").count(),
+        1,
+        "one host holds the lease again: {states:?}"
+    );
+    first.stop().await;
+    second.stop().await;
+}
