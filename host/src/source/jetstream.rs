@@ -57,9 +57,9 @@
 //! # Draining
 //!
 //! When `shutdown` is cancelled the task stops asking for messages; queued
-//! events that have not started are nak'ed at once (no delay) so another
-//! host takes them; messages that arrive on the last open pull request are
-//! nak'ed when it closes; in-flight events get `drain_grace`, after which
+//! events that have not started are taken off their queues at once and,
+//! with the messages that arrive on the last open pull request, nak'ed (no
+//! delay, in stream order) when it closes, so another host takes them; in-flight events get `drain_grace`, after which
 //! they are stopped and nak'ed. The task returns once every held message
 //! is settled and the connection has flushed the settlements.
 
@@ -763,13 +763,17 @@ impl Flow {
         }
     }
 
-    /// Naks every queued event that has not started, at once.
+    /// Takes every event waiting behind its key out of the queues: none of
+    /// them will start here.
+    fn take_queued(&self) -> Vec<Held> {
+        let mut queues = lock(&self.queues);
+        queues.values_mut().flat_map(std::mem::take).collect()
+    }
+
     /// Naks, without delay, every event waiting behind its key; how many.
     async fn nak_queued(&self) -> u64 {
-        let waiting: Vec<Held> = {
-            let mut queues = lock(&self.queues);
-            queues.values_mut().flat_map(std::mem::take).collect()
-        };
+        let mut waiting = self.take_queued();
+        waiting.sort_by_key(|held| held.sequence);
         let count = waiting.len() as u64;
         for held in waiting {
             held.nak(None).await;
@@ -893,11 +897,13 @@ async fn consume(flow: Arc<Flow>, mut consumer: PullConsumer) {
         };
         // Messages that arrive after the shutdown signal, nak'ed once the
         // request is closed (a nak while it is open could bring them back
-        // to this same request).
+        // to this same request, behind later events of their key). Events
+        // taken out of the key queues at shutdown or a lost lease wait here
+        // too; all are nak'ed in stream order, so whoever runs them next
+        // gets each key's events in order.
         let mut late: Vec<Held> = Vec::new();
         // The lease was lost during this request: what it still brings is
-        // handed back like `late`, after the queued events, so the next
-        // holder gets each key's events in order.
+        // handed back like `late`.
         let mut handing_over = false;
         let mut failed = false;
         let give_up = tokio::time::Instant::now() + PULL_EXPIRES + PULL_SLACK;
@@ -908,17 +914,15 @@ async fn consume(flow: Arc<Flow>, mut consumer: PullConsumer) {
                 biased;
                 () = flow.shutdown.cancelled(), if stopping_at.is_none() => {
                     stopping_at = Some(Instant::now());
-                    // Before anything this request still brings (`late`), so
-                    // each key's events go back in stream order.
-                    flow.nak_queued_at_shutdown().await;
+                    late.extend(flow.take_queued());
                     continue;
                 }
                 // Another host runs the handler now: hand back what waits
                 // behind its key, then what this request still brings.
                 () = flow.lease_lost(), if stopping_at.is_none() && !handing_over => {
                     handing_over = true;
-                    let handed_back = flow.nak_queued().await;
-                    tracing::warn!(handler = %name, handed_back, "lease lost: stopped taking events; queued ones handed back");
+                    late.extend(flow.take_queued());
+                    tracing::warn!(handler = %name, "lease lost: stopped taking events; handing back the ones not started");
                     continue;
                 }
                 next = batch.next() => next,
@@ -960,11 +964,16 @@ async fn consume(flow: Arc<Flow>, mut consumer: PullConsumer) {
         }
         drop(batch);
         drop(room);
+        late.sort_by_key(|held| held.sequence);
+        let handed_back = late.len();
         for held in late {
             if stopping_at.is_some() {
                 flow.drain.unstarted.fetch_add(1, Ordering::Relaxed);
             }
             held.nak(None).await;
+        }
+        if handing_over {
+            tracing::warn!(handler = %name, handed_back, "lease lost: events not started handed back");
         }
         if failed && stopping_at.is_none() {
             tokio::select! {
