@@ -688,14 +688,17 @@ impl Flow {
         // Unsettled messages this host holds itself (after a lost lease) are
         // not a previous holder's.
         let ours = (self.hold_capacity as usize).saturating_sub(self.hold.available_permits());
-        let unacked = consumer
-            .info()
-            .await
-            .map_or(0, |info| info.num_ack_pending)
-            .saturating_sub(ours);
-        if unacked > 0 {
+        // When the consumer cannot be read, assume the worst and wait.
+        let unacked = match consumer.info().await {
+            Ok(info) => Some(info.num_ack_pending.saturating_sub(ours)),
+            Err(error) => {
+                tracing::warn!(handler = %self.name(), %error, "cannot read the consumer after taking the lease");
+                None
+            }
+        };
+        if unacked != Some(0) {
             let wait = self.handler.config.ack_wait;
-            tracing::info!(handler = %self.name(), unacked, ?wait, "took over with events the previous holder never settled; waiting for them to come back first");
+            tracing::info!(handler = %self.name(), ?unacked, ?wait, "took over with events a previous holder may not have settled; waiting for them to come back first");
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = self.shutdown.cancelled() => return false,
