@@ -16,8 +16,8 @@ use axum::routing::get;
 use std::sync::atomic::Ordering;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::service::Health;
 
 #[derive(Clone)]
 struct Endpoint {

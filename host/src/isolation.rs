@@ -21,7 +21,8 @@ use crate::bindings::graph::Value;
 use crate::capability::{Effects, HandlerEnv};
 use crate::config::HandlerConfig;
 use crate::grant::Grants;
-use crate::runtime::{Dispatch, Fault, Limits, LoadError, Outcome, Plugin, Runtime, RuntimeConfig};
+use crate::limits::Limits;
+use crate::runtime::{Dispatch, Fault, LoadError, Outcome, Plugin, Runtime, RuntimeConfig};
 
 /// One event to send, as written in an events file.
 #[derive(Debug, Clone, PartialEq)]

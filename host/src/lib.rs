@@ -3,50 +3,56 @@
 //!
 //! # Layout
 //!
-//! - [`bindings`]: the host side of the `switchyard:handler` WIT world (the
-//!   one `bindgen!`); every other module takes WIT types from here.
-//! - [`runtime`]: the wasmtime engine, limits, plugin loading by digest,
-//!   and one fresh instance per event ([`runtime::Runtime::dispatch`]).
+//! Dependencies point one way, top to bottom; a module imports only from
+//! the layers below it.
+//!
+//! - [`service`]: the composition root: start-up, wiring, readiness;
+//!   [`service::run`]. The binary's commands sit above it.
+//! - Fleet parts, [`fleet`]: [`fleet::control`] (pushed versions on NATS),
+//!   [`fleet::reload`] (hot swap), [`fleet::shadow`] (candidates run beside
+//!   the live version), [`fleet::status`] (what each host reports).
+//! - [`delivery`]: streams and durable consumers, order keys, holding and
+//!   key queues, settling each attempt, dead letters, exclusive-handler
+//!   leases; its module doc follows one event through its files.
+//! - [`http`] (`/metrics`, `/healthz`, `/readyz`), [`telemetry`] (OTLP
+//!   export), [`isolation`] (a plugin over a list of events on in-memory
+//!   backends: `switchyard test`, fixtures, the harness).
+//! - [`handler`]: a configured handler with its live plugin, stats, reload
+//!   history and shadow: what delivery runs and the fleet parts act on.
+//! - [`metrics`] (the Prometheus registry) and [`health`] (readiness flags).
+//! - [`runtime`]: the wasmtime engine, plugin loading by digest, and one
+//!   fresh instance per event ([`runtime::Runtime::dispatch`]).
 //! - [`capability`]: the host side of each import (`cache`, `graph`, `log`,
 //!   `config`): checks, effect counting, error conversion.
 //! - [`backend`]: where effects land: [`backend::memory`],
 //!   [`backend::valkey`], [`backend::neo4j`].
-//! - [`glob`]: Valkey's glob matcher, shared by the in-memory cache.
-//! - [`grant`]: what each handler may touch, and scan-pattern containment.
-//! - [`config`]: the service's TOML configuration and its overrides.
-//! - [`service`]: start-up, handlers, readiness; [`service::run`].
-//! - [`control`]: the control plane on NATS: pushed versions (Object Store
-//!   and Key-Value) and host status (request/reply).
-//! - [`reload`]: hot swap; validated versions replace the live one with a
-//!   pointer exchange.
-//! - [`shadow`]: a candidate version run beside the live one, compared,
-//!   without side effects.
-//! - [`metrics`]: the Prometheus registry; [`http`]: `/metrics`,
-//!   `/healthz`, `/readyz`.
-//! - [`source`]: [`source::jetstream`], the durable consumers and how each
-//!   outcome is settled (ack, nak with delay, dead letter).
-//! - [`lease`]: one active host per exclusive handler, through a NATS
-//!   Key-Value lease.
-//! - [`isolation`]: runs a plugin over a list of events on in-memory
-//!   backends; behind `switchyard test` and the `switchyard-testing` harness.
-//! - [`telemetry`]: OpenTelemetry (OTLP/HTTP) export of spans, when an endpoint is given.
+//! - Data and rules everyone below may use, importing nothing above:
+//!   [`config`] (the TOML configuration and its overrides), [`grant`]
+//!   (what each handler may touch; scan-pattern containment), [`glob`]
+//!   (Valkey's matcher), [`limits`] (every bound the host enforces),
+//!   [`identifier`] (graph identifiers), [`pointer`] (JSON pointers),
+//!   [`process`] (hostname, user, clock), [`bindings`] (the one
+//!   `bindgen!` of the WIT world).
 
 pub mod backend;
 pub mod bindings;
 pub mod capability;
 pub mod config;
-pub mod control;
+pub mod delivery;
+pub mod fleet;
 pub mod glob;
 pub mod grant;
+pub mod handler;
+pub mod health;
 pub mod http;
+pub mod identifier;
 pub mod isolation;
-pub mod lease;
+pub mod limits;
 pub mod metrics;
-pub mod reload;
+pub mod pointer;
+pub mod process;
 pub mod runtime;
 pub mod service;
-pub mod shadow;
-pub mod source;
 pub mod telemetry;
 
 /// Locks `mutex`, recovering it if a thread panicked while holding it.

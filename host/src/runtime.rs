@@ -28,31 +28,11 @@ use crate::bindings::event::Event;
 use crate::bindings::outcome::Outcome as WitOutcome;
 use crate::bindings::{EventHandler, EventHandlerPre};
 use crate::capability::{Effects, HandlerEnv, HostCallLimitExceeded, HostState};
+use crate::limits::Limits;
 use crate::lock;
 
 /// How often the engine's epoch advances; the granularity of deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
-
-/// Limits applied to every event of one handler.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// Wall-clock time one event may take, host calls included.
-    pub deadline: Duration,
-    /// Largest linear memory an instance may grow to, in bytes.
-    pub memory_bytes: usize,
-    /// Most import calls one event may make.
-    pub max_host_calls: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            deadline: Duration::from_secs(5),
-            memory_bytes: 64 << 20,
-            max_host_calls: 10_000,
-        }
-    }
-}
 
 /// Engine-wide settings, fixed when the [`Runtime`] is created.
 #[derive(Debug, Clone)]

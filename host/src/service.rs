@@ -4,14 +4,14 @@
 //! checks every plugin, connects NATS and the backends (retrying, with a
 //! log line per attempt, while readiness stays false), makes sure the
 //! streams and durable consumers exist, then starts one consumer task per
-//! handler (see [`crate::source::jetstream`]). It returns when `shutdown`
+//! handler (see [`crate::delivery`]). It returns when `shutdown`
 //! resolves and every in-flight event has been settled.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::memory::{MemoryCache, MemoryGraph};
@@ -20,74 +20,14 @@ use crate::backend::valkey::ValkeyCache;
 use crate::backend::{BackendError, Backends, CacheBackend, GraphBackend};
 use crate::capability::HandlerEnv;
 use crate::config::{Config, HandlerConfig};
-use crate::control::{ControlPlane, HostStatus};
+use crate::delivery;
+use crate::fleet::control::ControlPlane;
+use crate::fleet::{reload, shadow, status};
+use crate::grant::Grants;
+use crate::handler::Handler;
+use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::reload::{self, ReloadState};
 use crate::runtime::{Plugin, Runtime, RuntimeConfig};
-use crate::source::jetstream;
-use anyhow::Context as _;
-
-/// One configured handler: its settings, its environment and the plugin
-/// version currently live.
-pub struct Handler {
-    pub config: HandlerConfig,
-    pub env: Arc<HandlerEnv>,
-    /// Swapped whole on reload; each event runs on the version it loaded.
-    pub plugin: ArcSwap<Plugin>,
-    pub stats: HandlerStats,
-    /// Versions offered and their results; see [`crate::reload`].
-    pub reload: std::sync::Mutex<ReloadState>,
-    /// A candidate running beside the live version; see [`crate::shadow`].
-    pub shadow: arc_swap::ArcSwapOption<crate::shadow::Shadow>,
-    /// An exclusive handler's lease, once its consumer started.
-    pub lease: std::sync::OnceLock<Arc<crate::lease::Lease>>,
-}
-
-impl Handler {
-    pub fn name(&self) -> &str {
-        &self.config.name
-    }
-}
-
-/// Running totals for one handler.
-#[derive(Default)]
-pub struct HandlerStats {
-    pub handled: AtomicU64,
-    pub acked: AtomicU64,
-    pub retried: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub keys_deleted: AtomicU64,
-}
-
-/// What `/readyz` reports: every dependency answering.
-#[derive(Default)]
-pub struct Health {
-    pub nats: AtomicBool,
-    pub cache: AtomicBool,
-    pub graph: AtomicBool,
-    pub consumers: AtomicBool,
-}
-
-impl Health {
-    pub fn ready(&self) -> bool {
-        self.nats.load(Ordering::Relaxed)
-            && self.cache.load(Ordering::Relaxed)
-            && self.graph.load(Ordering::Relaxed)
-            && self.consumers.load(Ordering::Relaxed)
-    }
-}
-
-/// Everything consumer tasks share.
-pub struct Shared {
-    pub config: Config,
-    pub runtime: Arc<Runtime>,
-    pub handlers: Vec<Arc<Handler>>,
-    pub health: Arc<Health>,
-    pub metrics: Arc<Metrics>,
-    pub backends: Backends,
-    /// Set when the cache is `memory://`, to report what is left at exit.
-    pub memory_cache: Option<MemoryCache>,
-}
 
 /// Runs the service until `shutdown` is cancelled.
 pub async fn run(
@@ -113,7 +53,7 @@ pub async fn run(
 
     // Plugins before backends: a plugin that cannot load is a configuration
     // error and must stop start-up before any event is consumed.
-    let nats = jetstream::connect(&config.nats, health.clone()).await?;
+    let nats = delivery::connect(&config.nats, health.clone()).await?;
     let needs_control = config.handlers.iter().any(|h| h.plugin_object.is_some());
     let control = if needs_control {
         Some(ControlPlane::open(&nats, &config.nats).await?)
@@ -138,44 +78,31 @@ pub async fn run(
         .iter()
         .zip(plugins)
         .map(|(handler, (plugin, version))| {
-            Arc::new(Handler {
-                env: HandlerEnv::with_grants(
-                    handler.name.clone(),
-                    handler.config.clone(),
-                    backends.clone(),
-                    handler.limits(),
-                    crate::grant::Grants::new(&handler.grants),
-                ),
-                config: handler.clone(),
-                plugin: ArcSwap::new(plugin),
-                stats: HandlerStats::default(),
-                reload: std::sync::Mutex::new(crate::reload::ReloadState {
-                    version,
-                    ..Default::default()
-                }),
-                shadow: Default::default(),
-                lease: Default::default(),
-            })
+            let env = HandlerEnv::with_grants(
+                handler.name.clone(),
+                handler.config.clone(),
+                backends.clone(),
+                handler.limits(),
+                Grants::new(&handler.grants),
+            );
+            Handler::new(
+                handler.clone(),
+                env,
+                plugin,
+                version,
+                runtime.clone(),
+                metrics.clone(),
+            )
         })
         .collect();
-    let shared = Arc::new(Shared {
-        config,
-        runtime,
-        handlers,
-        health: health.clone(),
-        metrics,
-        backends,
-        memory_cache,
-    });
 
-    let consumers = jetstream::start(&nats, shared.clone(), shutdown.clone()).await?;
+    let consumers = delivery::start(&nats, &config.nats, &handlers, shutdown.clone()).await?;
     health.consumers.store(true, Ordering::Relaxed);
-    tokio::spawn(watch_backends(shared.clone(), shutdown.clone()));
-    for handler in &shared.handlers {
+    tokio::spawn(watch_backends(backends, health.clone(), shutdown.clone()));
+    for handler in &handlers {
         match (&handler.config.plugin, &control) {
             (Some(path), _) => {
                 tokio::spawn(reload::watch_file(
-                    shared.clone(),
                     handler.clone(),
                     path.clone(),
                     shutdown.clone(),
@@ -183,13 +110,11 @@ pub async fn run(
             }
             (None, Some(control)) => {
                 tokio::spawn(reload::watch_object(
-                    shared.clone(),
                     handler.clone(),
                     control.clone(),
                     shutdown.clone(),
                 ));
-                tokio::spawn(reload::watch_shadow(
-                    shared.clone(),
+                tokio::spawn(shadow::watch_shadow(
                     handler.clone(),
                     control.clone(),
                     shutdown.clone(),
@@ -198,12 +123,13 @@ pub async fn run(
             (None, None) => {}
         }
     }
-    tokio::spawn(answer_status(
+    tokio::spawn(status::answer_status(
         nats.client(),
-        shared.clone(),
+        config.nats.control_subject.clone(),
+        handlers.clone(),
         shutdown.clone(),
     ));
-    tracing::info!(handlers = shared.handlers.len(), "switchyard is consuming");
+    tracing::info!(handlers = handlers.len(), "switchyard is consuming");
 
     for consumer in consumers {
         if let Err(error) = consumer.await {
@@ -212,7 +138,7 @@ pub async fn run(
     }
     health.consumers.store(false, Ordering::Relaxed);
     tracing::info!("all consumers stopped; every in-flight event is settled");
-    for handler in &shared.handlers {
+    for handler in &handlers {
         let stats = &handler.stats;
         tracing::info!(
             handler = %handler.name(),
@@ -224,7 +150,7 @@ pub async fn run(
             "handler totals"
         );
     }
-    if let Some(cache) = &shared.memory_cache {
+    if let Some(cache) = &memory_cache {
         let keys = cache.keys();
         tracing::info!(keys_left = keys.len(), keys = ?keys.iter().take(20).collect::<Vec<_>>(), "memory cache at exit");
     }
@@ -268,43 +194,6 @@ async fn initial_plugin(
         .await?
         .map_err(|e| anyhow::anyhow!("handler `{}`: {e}", handler.name))?;
     Ok((plugin, version))
-}
-
-/// Answers `<control_subject>.status` requests with this host's status.
-async fn answer_status(
-    client: async_nats::Client,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) {
-    use futures::StreamExt;
-    let subject = format!("{}.status", shared.config.nats.control_subject);
-    let mut requests = match client.subscribe(subject.clone()).await {
-        Ok(requests) => requests,
-        Err(error) => {
-            tracing::warn!(%subject, %error, "cannot answer status requests");
-            return;
-        }
-    };
-    let started_at_ms = crate::control::now_ms();
-    loop {
-        let request = tokio::select! {
-            request = requests.next() => request,
-            () = shutdown.cancelled() => return,
-        };
-        let Some(request) = request else { return };
-        let Some(reply) = request.reply else { continue };
-        let status = HostStatus {
-            host: crate::control::hostname(),
-            pid: std::process::id(),
-            started_at_ms,
-            handlers: reload::status(&shared).iter().map(Into::into).collect(),
-        };
-        if let Ok(body) = serde_json::to_vec(&status)
-            && let Err(error) = client.publish(reply, body.into()).await
-        {
-            tracing::warn!(%error, "cannot send status reply");
-        }
-    }
 }
 
 /// Connects the cache and graph named in the configuration, retrying each
@@ -389,17 +278,17 @@ where
 }
 
 /// Keeps readiness in step with the backends after start-up.
-async fn watch_backends(shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn watch_backends(backends: Backends, health: Arc<Health>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        let cache = shared.backends.cache.ping().await;
-        let graph = shared.backends.graph.ping().await;
-        report(&shared.health.cache, "cache", cache);
-        report(&shared.health.graph, "graph", graph);
+        let cache = backends.cache.ping().await;
+        let graph = backends.graph.ping().await;
+        report(&health.cache, "cache", cache);
+        report(&health.graph, "graph", graph);
     }
 }
 

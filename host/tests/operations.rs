@@ -529,7 +529,7 @@ fn fleet(config: &std::path::Path) -> Result<Vec<(u32, String)>, String> {
     if !ok {
         return Err(format!("switchyard status failed: {stderr}"));
     }
-    let hosts: Vec<switchyard::control::HostStatus> =
+    let hosts: Vec<switchyard::fleet::status::HostStatus> =
         serde_json::from_str(stdout.trim()).map_err(|e| format!("{e}: {stdout}"))?;
     let mut digests: Vec<(u32, String)> = hosts
         .iter()

@@ -37,7 +37,8 @@ pub use switchyard::capability::Effects;
 use switchyard::grant::{Grants, GrantsConfig};
 pub use switchyard::isolation::EventSpec;
 use switchyard::isolation::{Isolation, Profile};
-pub use switchyard::runtime::{Dispatch, Fault, Limits, Outcome};
+pub use switchyard::limits::Limits;
+pub use switchyard::runtime::{Dispatch, Fault, Outcome};
 
 /// Configures a plugin before it starts. By default every key, label and
 /// relation is granted and the default limits apply.

@@ -143,11 +143,11 @@ pub async fn set_keys<K: AsRef<str>>(
 
 /// What the hosts answering on `<control_subject>.status` report within
 /// half a second.
-pub async fn fleet_status(control_subject: &str) -> Vec<switchyard::control::HostStatus> {
+pub async fn fleet_status(control_subject: &str) -> Vec<switchyard::fleet::status::HostStatus> {
     let client = async_nats::connect(nats_url())
         .await
         .unwrap_or_else(|e| panic!("cannot connect to NATS at {}: {e}", nats_url()));
-    switchyard::control::gather_status(
+    switchyard::fleet::status::gather_status(
         &client,
         &format!("{control_subject}.status"),
         Duration::from_millis(500),

@@ -171,7 +171,7 @@ fn events_beyond_max_instances_wait_for_a_free_slot() {
     use std::sync::Arc;
     use switchyard::backend::Backends;
     use switchyard::capability::HandlerEnv;
-    use switchyard::runtime::Limits as RuntimeLimits;
+    use switchyard::limits::Limits as RuntimeLimits;
 
     let runtime = Runtime::new(RuntimeConfig {
         max_instances: 1,

@@ -16,7 +16,7 @@ use neo4rs::{BoltList, BoltNull, BoltType, ConfigBuilder, Graph, query};
 
 use super::{BackendError, GraphBackend, NodeKey};
 use crate::bindings::graph::Value;
-use crate::capability::graph::check_identifier;
+use crate::identifier::check_identifier;
 use crate::lock;
 
 const BACKEND: &str = "neo4j";

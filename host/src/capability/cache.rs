@@ -11,14 +11,7 @@ use crate::backend::ScanPage;
 use crate::bindings::cache::{Host, ScanPage as WitScanPage};
 use crate::bindings::types::Error as WitError;
 use crate::capability::HostState;
-
-/// Largest `COUNT` passed to the backend; larger requests are clamped so one
-/// step cannot block the cache server for long.
-pub const MAX_SCAN_COUNT: u32 = 10_000;
-/// Longest pattern or key accepted.
-pub const MAX_KEY_BYTES: usize = 4096;
-/// Most keys one `delete` may name.
-pub const MAX_DELETE_KEYS: usize = 10_000;
+use crate::limits::{MAX_DELETE_KEYS, MAX_KEY_BYTES, MAX_SCAN_COUNT};
 
 impl Host for HostState {
     #[instrument(skip(self), fields(handler = %self.env.name, backend = self.env.backends.cache.kind()))]
@@ -98,7 +91,7 @@ mod tests {
     use crate::backend::memory::MemoryCache;
     use crate::capability::HandlerEnv;
     use crate::grant::{Grants, GrantsConfig};
-    use crate::runtime::Limits;
+    use crate::limits::Limits;
 
     fn granted(cache_keys: &[&str]) -> (HostState, MemoryCache) {
         let (backends, cache, _) = Backends::in_memory();

@@ -13,25 +13,8 @@ use crate::bindings::graph::{Host, NodeRef, Value};
 use crate::bindings::types::Error as WitError;
 use crate::capability::HostState;
 use crate::grant::Denial;
-
-/// Longest identifier accepted.
-pub const MAX_IDENTIFIER_BYTES: usize = 128;
-/// Most properties one upsert may set.
-pub const MAX_PROPERTIES: usize = 256;
-
-/// Checks that `name` is an identifier: an ASCII letter or `_`, then ASCII
-/// letters, digits or `_`. `what` names the role in the error message.
-pub fn check_identifier(what: &str, name: &str) -> Result<(), String> {
-    let mut bytes = name.bytes();
-    let valid_start = matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_');
-    let valid_rest = bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if !valid_start || !valid_rest || name.len() > MAX_IDENTIFIER_BYTES {
-        return Err(format!(
-            "{what} {name:?} is not an identifier (a letter or `_`, then letters, digits or `_`, at most {MAX_IDENTIFIER_BYTES} bytes)"
-        ));
-    }
-    Ok(())
-}
+use crate::identifier::check_identifier;
+use crate::limits::MAX_PROPERTIES;
 
 fn check_properties(properties: &[(String, Value)]) -> Result<(), String> {
     if properties.len() > MAX_PROPERTIES {
@@ -194,7 +177,7 @@ mod grant_tests {
     use crate::backend::memory::MemoryGraph;
     use crate::capability::HandlerEnv;
     use crate::grant::{Grants, GrantsConfig};
-    use crate::runtime::Limits;
+    use crate::limits::Limits;
 
     fn granted() -> (HostState, MemoryGraph) {
         let (backends, _, graph) = Backends::in_memory();

@@ -30,7 +30,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::backend::{BackendError, Backends};
 use crate::bindings::types::Error as WitError;
 use crate::grant::Grants;
-use crate::runtime::Limits;
+use crate::limits::Limits;
 
 /// What every instance of one handler may reach: its name, configuration,
 /// backends, limits and grants. Shared by all events of the handler.

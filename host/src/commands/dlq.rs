@@ -19,7 +19,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use switchyard::config::Config;
-use switchyard::source::jetstream::{self, DeadLetter, DeadLetterReader, DeadLetterSource};
+use switchyard::delivery::dead_letter::DeadLetterSource;
+use switchyard::delivery::dead_letter::read::{DeadLetter, DeadLetterReader};
+use switchyard::delivery::dead_letter::replay::replay_dead_letters;
 
 #[derive(Args)]
 pub struct DlqArgs {
@@ -186,21 +188,14 @@ async fn replay(
 ) -> anyhow::Result<ExitCode> {
     let (url, source) = target.resolve()?;
     let js = connect(&url).await?;
-    let report =
-        jetstream::replay_dead_letters(
-            &js,
-            &source,
-            filter,
-            limit,
-            |letter, result| match result {
-                Ok(sequence) => println!(
-                    "replayed dead letter {} to {} (sequence {sequence}); deleted",
-                    letter.sequence, letter.original_subject
-                ),
-                Err(line) => eprintln!("switchyard: {line}"),
-            },
-        )
-        .await?;
+    let report = replay_dead_letters(&js, &source, filter, limit, |letter, result| match result {
+        Ok(sequence) => println!(
+            "replayed dead letter {} to {} (sequence {sequence}); deleted",
+            letter.sequence, letter.original_subject
+        ),
+        Err(line) => eprintln!("switchyard: {line}"),
+    })
+    .await?;
     println!(
         "{} replayed, {} failed, {} replayed but not deleted; {} read, {} matching",
         report.replayed,

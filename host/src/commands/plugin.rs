@@ -10,8 +10,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use switchyard::config::{Config, NatsConfig};
-use switchyard::control::{ControlPlane, Version, gather_status, now_ms};
+use switchyard::fleet::control::{ControlPlane, Version};
+use switchyard::fleet::status::gather_status;
 use switchyard::isolation::{Fixture, Profile, run_fixtures};
+use switchyard::process::now_ms;
 use switchyard::runtime::{Runtime, RuntimeConfig};
 
 /// Where the control plane is: a service configuration, or a NATS URL with

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use switchyard::config::Config;
-use switchyard::service::{self, Health};
+use switchyard::health::Health;
+use switchyard::service;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Args)]

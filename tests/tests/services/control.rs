@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use switchyard::control::ControlPlane;
+use switchyard::fleet::control::ControlPlane;
 use switchyard::runtime::Digest;
 use switchyard_tests::artifacts::{HOSTILE, story_transitions_variant};
 use switchyard_tests::services;

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use switchyard::source::jetstream;
+use switchyard::delivery::dead_letter::{read::dead_letters, replay::replay_dead_letters};
 use switchyard_tests::artifacts::RECORDER;
 use switchyard_tests::services;
 
@@ -223,7 +223,7 @@ async fn events_of_a_key_run_one_at_a_time_in_stream_order_while_keys_run_in_par
         "a keyed retry is retried in place, not redelivered"
     );
     assert!(
-        jetstream::dead_letters(&service.js, &service.dead_letter_source())
+        dead_letters(&service.js, &service.dead_letter_source())
             .await
             .unwrap()
             .is_empty()
@@ -299,7 +299,7 @@ async fn drain_naks_unstarted_events_at_once_and_leaves_nothing_unsettled() {
         "none handled twice: in-flight ones were acked, the rest nak'ed unstarted"
     );
     assert!(
-        jetstream::dead_letters(&service.js, &service.dead_letter_source())
+        dead_letters(&service.js, &service.dead_letter_source())
             .await
             .unwrap()
             .is_empty()
@@ -434,7 +434,7 @@ async fn dead_letters_are_listed_then_replayed_after_a_fix() {
     service.settled(SETTLE).await;
     let source = service.dead_letter_source();
     let letters = services::eventually(SETTLE, "three dead letters", || async {
-        let letters = jetstream::dead_letters(&service.js, &source)
+        let letters = dead_letters(&service.js, &source)
             .await
             .map_err(|e| e.to_string())?;
         if letters.len() == 3 {
@@ -486,7 +486,7 @@ async fn dead_letters_are_listed_then_replayed_after_a_fix() {
     };
     let service = start(names.clone(), &settings).await;
     let mut replayed = Vec::new();
-    let report = jetstream::replay_dead_letters(
+    let report = replay_dead_letters(
         &service.js,
         &source,
         Some("bad input"),
@@ -508,23 +508,19 @@ async fn dead_letters_are_listed_then_replayed_after_a_fix() {
         "{replayed:?}"
     );
     assert_eq!(
-        jetstream::dead_letters(&service.js, &source)
-            .await
-            .unwrap()
-            .len(),
+        dead_letters(&service.js, &source).await.unwrap().len(),
         1,
         "one left"
     );
-    let report =
-        jetstream::replay_dead_letters(&service.js, &source, Some("no such text"), None, |_, _| {})
-            .await
-            .unwrap();
+    let report = replay_dead_letters(&service.js, &source, Some("no such text"), None, |_, _| {})
+        .await
+        .unwrap();
     assert_eq!(
         (report.seen, report.matched, report.replayed),
         (1, 0, 0),
         "{report:?}"
     );
-    let report = jetstream::replay_dead_letters(&service.js, &source, None, None, |_, _| {})
+    let report = replay_dead_letters(&service.js, &source, None, None, |_, _| {})
         .await
         .unwrap();
     assert_eq!(report.replayed, 1, "{report:?}");
@@ -532,10 +528,7 @@ async fn dead_letters_are_listed_then_replayed_after_a_fix() {
     let found = wait_for_records(&graph, &run, 4).await;
     service.settled(SETTLE).await;
     assert!(
-        jetstream::dead_letters(&service.js, &source)
-            .await
-            .unwrap()
-            .is_empty(),
+        dead_letters(&service.js, &source).await.unwrap().is_empty(),
         "dead-letter stream empty"
     );
     let first = found

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use switchyard::source::jetstream::headers;
+use switchyard::delivery::dead_letter::headers;
 use switchyard_tests::artifacts::HOSTILE;
 use switchyard_tests::services;
 

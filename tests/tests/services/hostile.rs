@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::message::StreamMessage;
-use switchyard::source::jetstream::headers;
+use switchyard::delivery::dead_letter::headers;
 use switchyard_tests::artifacts::HOSTILE;
 use switchyard_tests::services;
 

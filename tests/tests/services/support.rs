@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::Context;
-use switchyard::service::{self, Health};
+use switchyard::health::Health;
+use switchyard::service;
 use switchyard_tests::artifacts::STORY_TRANSITIONS;
 pub use switchyard_tests::config::Names;
 use switchyard_tests::config::{Handler, Plugin, Service};
@@ -262,8 +263,8 @@ impl TestService {
     }
 
     /// Where the handler's dead letters go.
-    pub fn dead_letter_source(&self) -> switchyard::source::jetstream::DeadLetterSource {
-        switchyard::source::jetstream::DeadLetterSource::new(
+    pub fn dead_letter_source(&self) -> switchyard::delivery::dead_letter::DeadLetterSource {
+        switchyard::delivery::dead_letter::DeadLetterSource::new(
             &self.names.dead_letter_stream,
             &self.names.dead_letter_subject,
             &self.handler,

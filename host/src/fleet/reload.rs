@@ -19,49 +19,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::{ControlPlane, Version};
+use super::control::{ControlPlane, Version};
+use crate::handler::Handler;
 use crate::isolation::{Fixture, Profile, run_fixtures};
+use crate::lock;
 use crate::runtime::{Digest, Plugin};
-use crate::service::{Handler, Shared};
-
-/// The outcome of the last offer of a version.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct ReloadResult {
-    pub digest: String,
-    pub ok: bool,
-    /// Why it was refused, when it was.
-    pub reason: Option<String>,
-    /// Where the version came from (a path, a push).
-    pub origin: String,
-    pub at_ms: u64,
-}
-
-/// A handler's reload history, for `status`.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct ReloadState {
-    /// The pushed version live now ([`crate::control::Version::name`]);
-    /// none for a plugin file.
-    pub version: Option<String>,
-    /// Versions that went live, oldest first (at most [`HISTORY`]).
-    pub history: Vec<ReloadResult>,
-    pub last: Option<ReloadResult>,
-    /// The longest a swap held the live pointer, in nanoseconds: the most
-    /// any consumer could have waited on a reload.
-    pub longest_swap_ns: u64,
-}
-
-/// Live versions remembered per handler.
-pub const HISTORY: usize = 32;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
 
 /// Why a version was refused.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +41,6 @@ pub enum ReloadError {
 /// Validates `bytes` as the next version of `handler` and makes it live.
 /// Returns the live digest (unchanged if `bytes` is the live version).
 pub async fn offer(
-    shared: &Shared,
     handler: &Handler,
     bytes: Vec<u8>,
     fixtures: &[Fixture],
@@ -87,7 +50,7 @@ pub async fn offer(
     if handler.plugin.load().digest() == &digest {
         return Ok(digest);
     }
-    let result = prepare(shared, handler, bytes, fixtures).await;
+    let result = prepare(handler, bytes, fixtures).await;
     let name = handler.name();
     match result {
         Ok(plugin) => {
@@ -95,42 +58,41 @@ pub async fn offer(
             let previous = handler.plugin.swap(plugin.clone());
             let swap_ns = started.elapsed().as_nanos() as u64;
             {
-                let mut state = handler.reload.lock().unwrap_or_else(|p| p.into_inner());
+                let mut state = lock(&handler.reload);
                 state.longest_swap_ns = state.longest_swap_ns.max(swap_ns);
             }
-            shared.metrics.plugin_live(
+            handler.metrics().plugin_live(
                 name,
                 Some(previous.digest().as_str()),
                 plugin.digest().as_str(),
             );
-            shared.metrics.reload(name, true);
+            handler.metrics().reload(name, true);
             tracing::info!(handler = name, from = %previous.digest(), to = %plugin.digest(), %origin, "plugin swapped");
-            record(handler, plugin.digest(), None, origin);
+            lock(&handler.reload).record(plugin.digest().as_str(), None, origin);
             Ok(plugin.digest().clone())
         }
         Err(error) => {
-            shared.metrics.reload(name, false);
+            handler.metrics().reload(name, false);
             tracing::error!(handler = name, %digest, %origin, %error, "plugin version refused; the live version keeps serving");
-            record(handler, &digest, Some(error.to_string()), origin);
+            lock(&handler.reload).record(digest.as_str(), Some(error.to_string()), origin);
             Err(error)
         }
     }
 }
 
 async fn prepare(
-    shared: &Shared,
     handler: &Handler,
     bytes: Vec<u8>,
     fixtures: &[Fixture],
 ) -> Result<Arc<Plugin>, ReloadError> {
-    let runtime = shared.runtime.clone();
+    let runtime = handler.runtime().clone();
     let plugin = tokio::task::spawn_blocking(move || runtime.load(&bytes))
         .await
         .map_err(|e| ReloadError::Task(e.to_string()))?;
     let plugin = plugin?;
     if !fixtures.is_empty() {
         run_fixtures(
-            runtime_of(shared),
+            handler.runtime().clone(),
             plugin.clone(),
             Profile::of(&handler.config),
             fixtures,
@@ -142,27 +104,6 @@ async fn prepare(
         })?;
     }
     Ok(plugin)
-}
-
-fn runtime_of(shared: &Shared) -> Arc<crate::runtime::Runtime> {
-    shared.runtime.clone()
-}
-
-fn record(handler: &Handler, digest: &Digest, reason: Option<String>, origin: &str) {
-    let result = ReloadResult {
-        digest: digest.to_string(),
-        ok: reason.is_none(),
-        reason,
-        origin: origin.to_string(),
-        at_ms: now_ms(),
-    };
-    let mut state = handler.reload.lock().unwrap_or_else(|p| p.into_inner());
-    if result.ok {
-        state.history.push(result.clone());
-        let excess = state.history.len().saturating_sub(HISTORY);
-        state.history.drain(..excess);
-    }
-    state.last = Some(result);
 }
 
 /// Reads a handler's fixtures file, if it has one.
@@ -178,12 +119,7 @@ pub fn load_fixtures(path: Option<&Path>) -> Result<Vec<Fixture>, String> {
 }
 
 /// Follows `path` and offers every new version of it until `shutdown`.
-pub async fn watch_file(
-    shared: Arc<Shared>,
-    handler: Arc<Handler>,
-    path: PathBuf,
-    shutdown: CancellationToken,
-) {
+pub async fn watch_file(handler: Arc<Handler>, path: PathBuf, shutdown: CancellationToken) {
     use notify::Watcher as _;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let file_name = path.file_name().map(|n| n.to_os_string());
@@ -245,7 +181,7 @@ pub async fn watch_file(
         match tokio::fs::read(&path).await {
             Ok(bytes) => {
                 let origin = format!("file {}", path.display());
-                let _ = offer(&shared, &handler, bytes, &fixtures, &origin).await;
+                let _ = offer(&handler, bytes, &fixtures, &origin).await;
             }
             Err(error) => {
                 tracing::warn!(handler = %handler.name(), path = %path.display(), %error, "plugin file unreadable; the live version keeps serving");
@@ -257,7 +193,7 @@ pub async fn watch_file(
 /// Calls `apply` with every value `key` takes in the control plane, the
 /// current one first (`None` when it is deleted), watching again after an
 /// interruption, until `shutdown`.
-async fn follow<F, Fut>(
+pub async fn follow<F, Fut>(
     control: &ControlPlane,
     key: &str,
     handler: &str,
@@ -307,7 +243,6 @@ async fn follow<F, Fut>(
 /// Follows the control plane's live pointer for `handler` and offers every
 /// version pushed for it until `shutdown`.
 pub async fn watch_object(
-    shared: Arc<Shared>,
     handler: Arc<Handler>,
     control: ControlPlane,
     shutdown: CancellationToken,
@@ -315,128 +250,27 @@ pub async fn watch_object(
     let Some(object) = handler.config.plugin_object.clone() else {
         return;
     };
-    let (shared, handler, control_ref, object_ref) = (&shared, &handler, &control, &object);
+    let (handler, control_ref, object_ref) = (&handler, &control, &object);
     follow(&control, &object, handler.name(), &shutdown, |version| async move {
         let Some(version) = version else { return };
         let origin = format!("push {} by {}", version.name(), version.pushed_by);
         match control_ref.fetch(object_ref, &version).await {
             Ok((bytes, fixtures)) => {
-                if offer(shared, handler, bytes, &fixtures, &origin).await.is_ok() {
-                    crate::lock(&handler.reload).version = Some(version.name());
+                if offer(handler, bytes, &fixtures, &origin).await.is_ok() {
+                    lock(&handler.reload).version = Some(version.name());
                 }
             }
             Err(error) => {
-                shared.metrics.reload(handler.name(), false);
+                handler.metrics().reload(handler.name(), false);
                 tracing::error!(handler = %handler.name(), digest = %version.digest, %error, "cannot fetch pushed version; the live version keeps serving");
-                record_failure(handler, &version.digest, &format!("{error:#}"), &origin);
+                lock(&handler.reload).record(&version.digest, Some(format!("{error:#}")), &origin);
             }
         }
     })
     .await;
-}
-
-/// Follows the shadow candidate of `handler`: a pushed candidate runs
-/// beside the live version until promoted or replaced.
-pub async fn watch_shadow(
-    shared: Arc<Shared>,
-    handler: Arc<Handler>,
-    control: ControlPlane,
-    shutdown: CancellationToken,
-) {
-    let Some(object) = handler.config.plugin_object.clone() else {
-        return;
-    };
-    let key = ControlPlane::shadow_key(&object);
-    let (shared, handler, control_ref, object_ref) = (&shared, &handler, &control, &object);
-    follow(&control, &key, handler.name(), &shutdown, |version| async move {
-        let Some(version) = version else {
-            handler.shadow.store(None);
-            tracing::info!(handler = %handler.name(), "shadow candidate cleared");
-            return;
-        };
-        let loaded = match control_ref.fetch(object_ref, &version).await {
-            Ok((bytes, _)) => {
-                let runtime = shared.runtime.clone();
-                tokio::task::spawn_blocking(move || runtime.load(&bytes))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()))
-            }
-            Err(error) => Err(format!("{error:#}")),
-        };
-        match loaded {
-            Ok(plugin) => {
-                tracing::info!(handler = %handler.name(), candidate = %plugin.digest(), "shadow candidate running beside the live version");
-                handler.shadow.store(Some(Arc::new(crate::shadow::Shadow::new(plugin))));
-            }
-            Err(error) => {
-                tracing::error!(handler = %handler.name(), digest = %version.digest, %error, "shadow candidate refused");
-            }
-        }
-    })
-    .await;
-}
-
-fn record_failure(handler: &Handler, digest: &str, reason: &str, origin: &str) {
-    let mut state = handler.reload.lock().unwrap_or_else(|p| p.into_inner());
-    state.last = Some(ReloadResult {
-        digest: digest.to_string(),
-        ok: false,
-        reason: Some(reason.to_string()),
-        origin: origin.to_string(),
-        at_ms: now_ms(),
-    });
 }
 
 fn stamp(path: &Path) -> Option<(u64, SystemTime)> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.len(), meta.modified().ok()?))
-}
-
-/// What `status` shows for one handler.
-#[derive(Debug, Clone, Serialize)]
-pub struct HandlerStatus {
-    pub handler: String,
-    pub digest: String,
-    pub handled: u64,
-    pub acked: u64,
-    pub retried: u64,
-    pub dead_lettered: u64,
-    pub keys_deleted: u64,
-    pub reload: ReloadState,
-    pub shadow: Option<crate::shadow::ShadowReport>,
-    /// For an exclusive handler, whether this host runs it (`active`) or
-    /// waits to take over (`standby`).
-    pub lease: Option<&'static str>,
-}
-
-/// A snapshot of every handler.
-pub fn status(shared: &Shared) -> Vec<HandlerStatus> {
-    use std::sync::atomic::Ordering::Relaxed;
-    shared
-        .handlers
-        .iter()
-        .map(|handler| HandlerStatus {
-            handler: handler.name().to_string(),
-            digest: handler.plugin.load().digest().to_string(),
-            handled: handler.stats.handled.load(Relaxed),
-            acked: handler.stats.acked.load(Relaxed),
-            retried: handler.stats.retried.load(Relaxed),
-            dead_lettered: handler.stats.dead_lettered.load(Relaxed),
-            keys_deleted: handler.stats.keys_deleted.load(Relaxed),
-            reload: handler
-                .reload
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-            shadow: handler
-                .shadow
-                .load_full()
-                .map(|s| s.report.lock().unwrap_or_else(|p| p.into_inner()).clone()),
-            lease: handler
-                .lease
-                .get()
-                .map(|lease| if lease.is_held() { "active" } else { "standby" }),
-        })
-        .collect()
 }

@@ -10,9 +10,7 @@
 //!   A candidate pushed with `--shadow` sits under `<handler>.shadow` until
 //!   promoted.
 //! - `<nats.control_subject>.status` is a request every host answers with
-//!   its [`HostStatus`]; `switchyard status` gathers the replies.
-
-use std::time::{Duration, SystemTime};
+//!   its status: see [`super::status`].
 
 use anyhow::{Context as _, bail};
 use async_nats::jetstream::Context;
@@ -24,7 +22,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::config::NatsConfig;
 use crate::isolation::Fixture;
-use crate::reload::HandlerStatus;
+use crate::process::now_ms;
 use crate::runtime::Digest;
 
 /// Versions of one handler kept in the live pointer's history.
@@ -57,68 +55,6 @@ impl Version {
             None => format!("#{}", self.number),
         }
     }
-}
-
-/// What one running host reports.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HostStatus {
-    pub host: String,
-    pub pid: u32,
-    pub started_at_ms: u64,
-    pub handlers: Vec<HandlerStatusWire>,
-}
-
-/// [`HandlerStatus`] as it travels (owned, deserializable).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HandlerStatusWire {
-    pub handler: String,
-    pub digest: String,
-    /// The pushed version live now (`#3 (label)`); none for a plugin file.
-    #[serde(default)]
-    pub version: Option<String>,
-    pub handled: u64,
-    pub acked: u64,
-    pub retried: u64,
-    pub dead_lettered: u64,
-    pub keys_deleted: u64,
-    pub last_reload: Option<serde_json::Value>,
-    pub versions_live: usize,
-    pub longest_swap_ns: u64,
-    pub shadow: Option<crate::shadow::ShadowReport>,
-    /// For an exclusive handler: `active` or `standby`.
-    #[serde(default)]
-    pub lease: Option<String>,
-}
-
-impl From<&HandlerStatus> for HandlerStatusWire {
-    fn from(status: &HandlerStatus) -> Self {
-        HandlerStatusWire {
-            handler: status.handler.clone(),
-            digest: status.digest.clone(),
-            version: status.reload.version.clone(),
-            handled: status.handled,
-            acked: status.acked,
-            retried: status.retried,
-            dead_lettered: status.dead_lettered,
-            keys_deleted: status.keys_deleted,
-            last_reload: status
-                .reload
-                .last
-                .as_ref()
-                .and_then(|r| serde_json::to_value(r).ok()),
-            versions_live: status.reload.history.len(),
-            longest_swap_ns: status.reload.longest_swap_ns,
-            shadow: status.shadow.clone(),
-            lease: status.lease.map(str::to_string),
-        }
-    }
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }
 
 fn object_name(handler: &str, digest: &str) -> String {
@@ -215,7 +151,7 @@ impl ControlPlane {
             size: bytes.len() as u64,
             pushed_at_ms: now_ms(),
             fixtures: fixtures.is_some(),
-            pushed_by: pusher(),
+            pushed_by: crate::process::user_at_host(),
             number: pushed_before + 1,
             label: label.map(str::to_string),
         };
@@ -305,7 +241,7 @@ impl ControlPlane {
         };
         let mut version = target.clone();
         version.pushed_at_ms = now_ms();
-        version.pushed_by = format!("rollback by {}", pusher());
+        version.pushed_by = format!("rollback by {}", crate::process::user_at_host());
         self.put(handler, &version).await?;
         Ok(version)
     }
@@ -371,49 +307,4 @@ impl ControlPlane {
     pub fn shadow_key(handler: &str) -> String {
         shadow_key(handler)
     }
-}
-
-fn pusher() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    format!("{user}@{}", hostname())
-}
-
-/// This machine's name, for status and history.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
-
-/// Asks every host on `subject` for its status; collects replies for `wait`.
-pub async fn gather_status(
-    client: &async_nats::Client,
-    subject: &str,
-    wait: Duration,
-) -> anyhow::Result<Vec<HostStatus>> {
-    let inbox = client.new_inbox();
-    let mut replies = client.subscribe(inbox.clone()).await?;
-    client
-        .publish_with_reply(subject.to_string(), inbox, "".into())
-        .await?;
-    client.flush().await?;
-    let mut hosts = Vec::new();
-    let deadline = tokio::time::sleep(wait);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            message = replies.next() => match message {
-                Some(message) => match serde_json::from_slice::<HostStatus>(&message.payload) {
-                    Ok(status) => hosts.push(status),
-                    Err(error) => tracing::warn!(%error, "unreadable status reply"),
-                },
-                None => break,
-            },
-            () = &mut deadline => break,
-        }
-    }
-    hosts.sort_by(|a, b| (&a.host, a.pid).cmp(&(&b.host, b.pid)));
-    Ok(hosts)
 }

@@ -1,7 +1,7 @@
 //! Shadow runs: a candidate version runs beside the live one, on the same
 //! live events, with no side effects, and every difference is reported.
 //!
-//! For each event of a handler that has a candidate, [`dispatch`] first
+//! For each event of a handler that has a candidate, [`beside`] first
 //! runs the candidate on recording backends (cache scans read the real
 //! cache; deletes and graph writes are recorded, never executed), then runs
 //! the live version on backends that record what they execute. The
@@ -23,8 +23,8 @@ use crate::bindings::event::Event;
 use crate::bindings::graph::Value;
 use crate::capability::HandlerEnv;
 use crate::lock;
-use crate::runtime::{Dispatch, Plugin};
-use crate::service::{Handler, Shared};
+use crate::metrics::Metrics;
+use crate::runtime::{Dispatch, Plugin, Runtime};
 
 /// A candidate version and how it compares so far.
 pub struct Shadow {
@@ -141,51 +141,50 @@ impl GraphBackend for Recording {
     }
 }
 
-fn recording_env(handler: &Handler, execute: bool) -> (Arc<HandlerEnv>, Arc<Mutex<Recorded>>) {
+fn recording_env(env: &HandlerEnv, execute: bool) -> (Arc<HandlerEnv>, Arc<Mutex<Recorded>>) {
     let log = Arc::new(Mutex::new(Recorded::default()));
     let recording = Arc::new(Recording {
-        inner: handler.env.backends.clone(),
+        inner: env.backends.clone(),
         execute,
         log: log.clone(),
     });
     let env = Arc::new(HandlerEnv {
-        name: handler.env.name.clone(),
-        config: handler.env.config.clone(),
+        name: env.name.clone(),
+        config: env.config.clone(),
         backends: Backends {
             cache: recording.clone(),
             graph: recording,
         },
-        limits: handler.env.limits.clone(),
-        grants: handler.env.grants.clone(),
+        limits: env.limits.clone(),
+        grants: env.grants.clone(),
     });
     (env, log)
 }
 
-/// Runs `event` on the live `plugin`, and on the handler's shadow candidate
-/// first when it has one. Returns the live run.
-pub async fn dispatch(
-    shared: &Shared,
-    handler: &Handler,
+/// Runs `event` on `candidate` first (its writes recorded, never executed),
+/// then on the live `plugin` in `env` (its writes executed and recorded),
+/// compares the two and reports the difference. Returns the live run.
+pub async fn beside(
+    runtime: &Runtime,
+    env: &HandlerEnv,
+    metrics: &Metrics,
+    candidate: &Shadow,
     plugin: &Plugin,
     event: Event,
 ) -> Dispatch {
-    let Some(shadow) = handler.shadow.load_full() else {
-        return shared.runtime.dispatch(plugin, &handler.env, event).await;
-    };
-    let (shadow_env, shadow_log) = recording_env(handler, false);
-    let candidate = shared
-        .runtime
-        .dispatch(&shadow.plugin, &shadow_env, event.clone())
+    let (shadow_env, shadow_log) = recording_env(env, false);
+    let shadow_run = runtime
+        .dispatch(&candidate.plugin, &shadow_env, event.clone())
         .await;
-    let (live_env, live_log) = recording_env(handler, true);
-    let live = shared.runtime.dispatch(plugin, &live_env, event).await;
+    let (live_env, live_log) = recording_env(env, true);
+    let live = runtime.dispatch(plugin, &live_env, event).await;
 
-    let difference = compare(&live, &lock(&live_log), &candidate, &lock(&shadow_log));
-    shared.metrics.shadow(handler.name(), difference.is_none());
-    let mut report = lock(&shadow.report);
+    let difference = compare(&live, &lock(&live_log), &shadow_run, &lock(&shadow_log));
+    metrics.shadow(&env.name, difference.is_none());
+    let mut report = lock(&candidate.report);
     report.compared += 1;
     if let Some(difference) = difference {
-        tracing::warn!(handler = %handler.name(), candidate = %shadow.plugin.digest().short(), %difference, "shadow run differs");
+        tracing::warn!(handler = %env.name, candidate = %candidate.plugin.digest().short(), %difference, "shadow run differs");
         report.differing += 1;
         report.last_difference = Some(difference);
     }

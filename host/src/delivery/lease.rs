@@ -16,7 +16,7 @@
 //! - A new holder whose consumer still has messages waiting for an ack (a
 //!   previous holder died with them) waits `ack_wait` before pulling, so
 //!   those events come back, in order, before any later one. See
-//!   [`crate::source::jetstream`].
+//!   [`super::flow::Flow::take_over`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,7 +76,7 @@ impl Lease {
             key,
             holder: format!(
                 "{}/{}/{nanos:08x}",
-                crate::control::hostname(),
+                crate::process::hostname(),
                 std::process::id()
             ),
             held: watch::channel(false).0,
@@ -87,6 +87,11 @@ impl Lease {
 
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// Follows whether this host holds the lease.
+    pub fn watch(&self) -> watch::Receiver<bool> {
+        self.held.subscribe()
     }
 
     pub fn is_held(&self) -> bool {

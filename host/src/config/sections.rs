@@ -1,0 +1,138 @@
+//! The configuration's sections: the whole file, NATS, the cache, the
+//! graph, HTTP and the runtime. Handlers are in [`super::handler`].
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::handler::HandlerConfig;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub nats: NatsConfig,
+    pub cache: CacheConfig,
+    pub graph: GraphConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub runtime: RuntimeSection,
+    #[serde(default)]
+    pub handlers: Vec<HandlerConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    pub url: String,
+    /// The source stream, created when missing.
+    pub stream: String,
+    /// Subjects of the source stream, used when creating it.
+    pub stream_subjects: Vec<String>,
+    /// The dead-letter stream, created when missing.
+    #[serde(default = "default_dead_letter_stream")]
+    pub dead_letter_stream: String,
+    /// Dead letters of handler `h` go to `<dead_letter_subject>.<h>`.
+    #[serde(default = "default_dead_letter_subject")]
+    pub dead_letter_subject: String,
+    /// Object Store bucket holding pushed plugin versions.
+    #[serde(default = "default_plugin_bucket")]
+    pub plugin_bucket: String,
+    /// Key-Value bucket holding each handler's live version.
+    #[serde(default = "default_plugin_kv")]
+    pub plugin_kv: String,
+    /// Hosts answer `<control_subject>.status` requests.
+    #[serde(default = "default_control_subject")]
+    pub control_subject: String,
+    /// Key-Value bucket holding the leases of exclusive handlers.
+    #[serde(default = "default_lease_kv")]
+    pub lease_kv: String,
+}
+
+fn default_lease_kv() -> String {
+    "switchyard-leases".into()
+}
+
+fn default_plugin_bucket() -> String {
+    "switchyard-plugins".into()
+}
+
+fn default_plugin_kv() -> String {
+    "switchyard-plugin-live".into()
+}
+
+fn default_control_subject() -> String {
+    "switchyard.control".into()
+}
+
+fn default_dead_letter_stream() -> String {
+    "SWITCHYARD_DEAD_LETTERS".into()
+}
+
+fn default_dead_letter_subject() -> String {
+    "switchyard.dead".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// `redis://host:port/db` or `memory://`.
+    pub url: String,
+    /// With `memory://` only: a JSON object of key to value loaded at
+    /// start-up, relative to the config file.
+    #[serde(default)]
+    pub seed: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphConfig {
+    /// `bolt://host:port` or `memory://`.
+    pub url: String,
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; empty to disable.
+    #[serde(default = "default_http_listen")]
+    pub listen: String,
+}
+
+fn default_http_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_http_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    /// Most Wasm instances alive at once, across handlers; a dispatch
+    /// beyond it waits for a free instance.
+    #[serde(default = "default_max_instances")]
+    pub max_instances: u32,
+}
+
+fn default_max_instances() -> u32 {
+    128
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        RuntimeSection {
+            max_instances: default_max_instances(),
+        }
+    }
+}

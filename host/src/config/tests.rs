@@ -1,0 +1,294 @@
+//! Configuration parsing, overrides and validation.
+
+use std::time::Duration;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[nats]
+url = "nats://127.0.0.1:4222"
+stream = "PLANNING_EVENTS"
+stream_subjects = ["planning.>"]
+
+[cache]
+url = "redis://127.0.0.1:6379/0"
+
+[graph]
+url = "bolt://127.0.0.1:7687"
+user = "neo4j"
+password = "secret"
+
+[[handlers]]
+name = "story-transitions"
+plugin = "story_transitions.wasm"
+subjects = ["planning.story.transitioned"]
+durable = "context-planning-story-transitions"
+max_deliver = 20
+
+[handlers.config]
+key_prefix = "context:"
+"#;
+
+fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::parse(
+        text,
+        "test.toml",
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+}
+
+#[test]
+fn accepts_the_documented_shape_with_defaults() {
+    let config = parse(MINIMAL, &[]).unwrap();
+    let handler = &config.handlers[0];
+    assert_eq!(handler.max_deliver, 20);
+    assert_eq!(handler.concurrency, 16);
+    assert_eq!(handler.ack_wait, Duration::from_secs(30));
+    assert_eq!(handler.config["key_prefix"], "context:");
+    assert_eq!(config.nats.dead_letter_stream, "SWITCHYARD_DEAD_LETTERS");
+}
+
+#[test]
+fn refuses_unknown_key_naming_it() {
+    let text = MINIMAL.replace("[cache]", "[cache]\nurll = \"x\"");
+    let error = parse(&text, &[]).unwrap_err().to_string();
+    assert!(error.starts_with("config key `cache"), "{error}");
+    assert!(error.contains("unknown field `urll`"), "{error}");
+}
+
+#[test]
+fn refuses_wrong_type_naming_the_key() {
+    let text = MINIMAL.replace("max_deliver = 20", "max_deliver = \"lots\"");
+    let error = parse(&text, &[]).unwrap_err().to_string();
+    assert!(
+        error.starts_with("config key `handlers[0].max_deliver`: invalid type"),
+        "{error}"
+    );
+}
+
+#[test]
+fn refuses_out_of_range_value_naming_the_key() {
+    let text = MINIMAL.replace("max_deliver = 20", "concurrency = 0");
+    let error = parse(&text, &[]).unwrap_err().to_string();
+    assert_eq!(
+        error,
+        "config key `handlers[0].concurrency`: must be between 1 and 4096"
+    );
+}
+
+#[test]
+fn environment_overrides_values_at_any_depth() {
+    let config = parse(
+        MINIMAL,
+        &[
+            ("SWITCHYARD_NATS__URL", "nats://10.0.0.1:4222"),
+            ("SWITCHYARD_GRAPH__PASSWORD", "from-env"),
+            ("SWITCHYARD_HANDLERS__0__CONCURRENCY", "4"),
+            ("SWITCHYARD_HANDLERS__0__CONFIG__KEY_PREFIX", "ctx:"),
+            ("SWITCHYARD_TEST_NATS_URL", "ignored: no double underscore"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.nats.url, "nats://10.0.0.1:4222");
+    assert_eq!(config.graph.password, "from-env");
+    assert_eq!(config.handlers[0].concurrency, 4);
+    assert_eq!(config.handlers[0].config["key_prefix"], "ctx:");
+}
+
+#[test]
+fn refuses_bad_override_naming_the_variable() {
+    let error = parse(MINIMAL, &[("SWITCHYARD_CACHE__PORT", "1")])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("unknown field `port`"), "{error}");
+    let error = parse(MINIMAL, &[("SWITCHYARD_HANDLERS__7__NAME", "x")])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("SWITCHYARD_HANDLERS__7__NAME"), "{error}");
+}
+
+#[test]
+fn refuses_handler_subject_outside_the_stream() {
+    let text = MINIMAL.replace(
+        "subjects = [\"planning.story.transitioned\"]",
+        "subjects = [\"billing.x\"]",
+    );
+    let error = parse(&text, &[]).unwrap_err().to_string();
+    assert!(
+        error.starts_with("config key `handlers[0].subjects`"),
+        "{error}"
+    );
+}
+
+#[test]
+fn refuses_dead_letters_inside_the_source_stream() {
+    let text = MINIMAL.replace(
+        "stream_subjects = [\"planning.>\"]",
+        "stream_subjects = [\">\"]",
+    );
+    let error = parse(&text, &[]).unwrap_err().to_string();
+    assert!(error.contains("nats.dead_letter_subject"), "{error}");
+}
+
+#[test]
+fn refuses_a_control_subject_inside_the_source_stream() {
+    let text = MINIMAL.replace(
+        "stream_subjects = [\"planning.>\"]",
+        "stream_subjects = [\"planning.>\"]\ncontrol_subject = \"planning.control\"",
+    );
+    let error = parse(&text, &[]).unwrap_err().to_string();
+    assert!(
+        error.starts_with("config key `nats.control_subject`")
+            && error.contains("`planning.>` covers `planning.control.status`"),
+        "{error}"
+    );
+}
+
+#[test]
+fn refuses_unknown_url_scheme() {
+    let text = MINIMAL.replace("redis://127.0.0.1:6379/0", "memcached://x");
+    let error = parse(&text, &[]).unwrap_err().to_string();
+    assert!(error.starts_with("config key `cache.url`"), "{error}");
+}
+
+#[test]
+fn backoff_grows_and_is_capped() {
+    let retry = RetryConfig {
+        base: Duration::from_millis(100),
+        max: Duration::from_secs(1),
+        jitter: 0.0,
+    };
+    assert_eq!(retry.delay(1), Duration::from_millis(100));
+    assert_eq!(retry.delay(3), Duration::from_millis(400));
+    assert_eq!(retry.delay(40), Duration::from_secs(1));
+}
+
+#[test]
+fn grants_default_to_nothing_and_are_read_from_the_table() {
+    let config = parse(MINIMAL, &[]).unwrap();
+    assert_eq!(
+        config.handlers[0].grants,
+        crate::grant::GrantsConfig::default()
+    );
+    assert!(config.handlers[0].grants.cache_keys.is_empty());
+    let text = format!(
+        "{MINIMAL}\n[handlers.grants]\ncache_keys = [\"context:*\"]\nmax_delete_keys = 500\ngraph_labels = [\"PhaseTransition\"]\n"
+    );
+    let grants = &parse(&text, &[]).unwrap().handlers[0].grants;
+    assert_eq!(grants.cache_keys, ["context:*"]);
+    assert_eq!(grants.max_delete_keys, 500);
+    assert_eq!(grants.graph_labels, ["PhaseTransition"]);
+    assert!(grants.graph_relations.is_empty());
+    let overridden = parse(
+        MINIMAL,
+        &[(
+            "SWITCHYARD_HANDLERS__0__GRANTS__CACHE_KEYS",
+            "[\"ctx:*\", \"x\"]",
+        )],
+    )
+    .unwrap();
+    assert_eq!(overridden.handlers[0].grants.cache_keys, ["ctx:*", "x"]);
+}
+
+#[test]
+fn refuses_bad_grants_naming_the_key() {
+    let text =
+        format!("{MINIMAL}\n[handlers.grants]\ngraph_labels = [\"A`) DETACH DELETE n //\"]\n");
+    let error = parse(&text, &[]).unwrap_err().to_string();
+    assert!(
+        error.starts_with("config key `handlers[0].grants.graph_labels`: label"),
+        "{error}"
+    );
+    let text = format!("{MINIMAL}\n[handlers.grants]\nmax_delete_keys = 0\n");
+    let error = parse(&text, &[]).unwrap_err().to_string();
+    assert!(
+        error.starts_with("config key `handlers[0].grants.max_delete_keys`"),
+        "{error}"
+    );
+    let text = format!("{MINIMAL}\n[handlers.grants]\ncache_key = [\"x\"]\n");
+    let error = parse(&text, &[]).unwrap_err().to_string();
+    assert!(error.contains("unknown field `cache_key`"), "{error}");
+}
+
+#[test]
+fn order_key_is_one_pointer_or_a_list_and_drain_grace_has_a_default() {
+    let config = parse(MINIMAL, &[]).unwrap();
+    assert!(config.handlers[0].order_key.is_empty());
+    assert_eq!(config.handlers[0].order_key_subject_token, None);
+    assert_eq!(config.handlers[0].drain_grace, Duration::from_secs(20));
+    let text = MINIMAL.replace(
+        "max_deliver = 20",
+        "order_key = \"/story_id\"\ndrain_grace = \"3s\"",
+    );
+    let handler = &parse(&text, &[]).unwrap().handlers[0];
+    assert_eq!(handler.order_key, ["/story_id"]);
+    assert_eq!(handler.drain_grace, Duration::from_secs(3));
+    let text = MINIMAL.replace(
+        "max_deliver = 20",
+        "order_key = [\"/payload/story_id\", \"/story_id\"]",
+    );
+    assert_eq!(
+        parse(&text, &[]).unwrap().handlers[0].order_key,
+        ["/payload/story_id", "/story_id"]
+    );
+    let text = MINIMAL.replace("max_deliver = 20", "order_key_subject_token = 2");
+    assert_eq!(
+        parse(&text, &[]).unwrap().handlers[0].order_key_subject_token,
+        Some(2)
+    );
+    let overridden = parse(
+        MINIMAL,
+        &[("SWITCHYARD_HANDLERS__0__ORDER_KEY", "/story_id")],
+    )
+    .unwrap();
+    assert_eq!(overridden.handlers[0].order_key, ["/story_id"]);
+}
+
+#[test]
+fn refuses_bad_order_keys_and_drain_grace_naming_the_key() {
+    let cases = [
+        (
+            "order_key = \"story_id\"",
+            "config key `handlers[0].order_key`: JSON pointer `story_id` must start with `/`",
+        ),
+        ("order_key = \"/a~2\"", "config key `handlers[0].order_key`"),
+        (
+            "order_key = \"\"",
+            "config key `handlers[0].order_key`: the empty pointer",
+        ),
+        (
+            "order_key = \"/a\"\norder_key_subject_token = 1",
+            "config key `handlers[0].order_key`: set either",
+        ),
+        (
+            "order_key_subject_token = 256",
+            "config key `handlers[0].order_key_subject_token`",
+        ),
+        (
+            "order_key_subject_token = -1",
+            "config key `handlers[0].order_key_subject_token`",
+        ),
+        (
+            "drain_grace = \"2h\"",
+            "config key `handlers[0].drain_grace`: must be at most 1h",
+        ),
+        (
+            "drain_grace = \"soon\"",
+            "config key `handlers[0].drain_grace`",
+        ),
+    ];
+    for (line, expected) in cases {
+        let text = MINIMAL.replace("max_deliver = 20", line);
+        let error = parse(&text, &[]).unwrap_err().to_string();
+        assert!(error.starts_with(expected), "{line}: {error}");
+    }
+}
+
+#[test]
+fn subject_filters_cover_and_match() {
+    assert!(covers("planning.>", "planning.story.transitioned"));
+    assert!(covers("planning.*.x", "planning.a.x"));
+    assert!(!covers("planning.*", "planning.>"));
+    assert!(subject_matches(">", "switchyard.dead.x"));
+    assert!(!subject_matches("planning.>", "switchyard.dead.x"));
+}

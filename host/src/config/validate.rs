@@ -1,0 +1,268 @@
+//! Checks on a parsed configuration, before anything connects: ranges,
+//! names, and how streams, subjects and handlers fit together. Each error
+//! names the key.
+
+use std::time::Duration;
+
+use super::error::{ConfigError, invalid};
+use super::handler::HandlerConfig;
+use super::sections::Config;
+
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    check_url("nats.url", &config.nats.url, &["nats", "tls"])?;
+    check_url(
+        "cache.url",
+        &config.cache.url,
+        &["redis", "rediss", "memory"],
+    )?;
+    check_url("graph.url", &config.graph.url, &["bolt", "neo4j", "memory"])?;
+    if config.cache.seed.is_some() && !config.cache.url.starts_with("memory://") {
+        return Err(invalid(
+            "cache.seed",
+            "only a memory:// cache can be seeded",
+        ));
+    }
+    check_name("nats.stream", &config.nats.stream)?;
+    check_name("nats.dead_letter_stream", &config.nats.dead_letter_stream)?;
+    if config.nats.stream == config.nats.dead_letter_stream {
+        return Err(invalid(
+            "nats.dead_letter_stream",
+            "must differ from nats.stream",
+        ));
+    }
+    if config.nats.stream_subjects.is_empty() {
+        return Err(invalid(
+            "nats.stream_subjects",
+            "needs at least one subject",
+        ));
+    }
+    check_subject_prefix("nats.dead_letter_subject", &config.nats.dead_letter_subject)?;
+    check_subject_prefix("nats.control_subject", &config.nats.control_subject)?;
+    check_name("nats.plugin_bucket", &config.nats.plugin_bucket)?;
+    check_name("nats.plugin_kv", &config.nats.plugin_kv)?;
+    check_name("nats.lease_kv", &config.nats.lease_kv)?;
+    for subject in &config.nats.stream_subjects {
+        let dead_letter = format!("{}.x", config.nats.dead_letter_subject);
+        if subject_matches(subject, &dead_letter) {
+            return Err(invalid(
+                "nats.dead_letter_subject",
+                format!(
+                    "dead letters would land in the source stream: `{subject}` covers `{dead_letter}`"
+                ),
+            ));
+        }
+        let status = format!("{}.status", config.nats.control_subject);
+        if subject_matches(subject, &status) {
+            return Err(invalid(
+                "nats.control_subject",
+                format!(
+                    "status requests would land in the source stream: `{subject}` covers `{status}`"
+                ),
+            ));
+        }
+    }
+    if config.runtime.max_instances == 0 {
+        return Err(invalid("runtime.max_instances", "must be at least 1"));
+    }
+    if config.handlers.is_empty() {
+        return Err(invalid(
+            "handlers",
+            "configure at least one [[handlers]] entry",
+        ));
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, handler) in config.handlers.iter().enumerate() {
+        let key = |field: &str| format!("handlers[{i}].{field}");
+        check_name(&key("name"), &handler.name)?;
+        if !names.insert(handler.name.as_str()) {
+            return Err(invalid(
+                key("name"),
+                format!("handler `{}` is configured twice", handler.name),
+            ));
+        }
+        check_name(&key("durable"), &handler.durable)?;
+        match (&handler.plugin, &handler.plugin_object) {
+            (Some(_), None) => {}
+            (None, Some(object)) => check_name(&key("plugin_object"), object)?,
+            _ => {
+                return Err(invalid(
+                    key("plugin"),
+                    "set exactly one of `plugin` (a file) and `plugin_object` (pushed versions)",
+                ));
+            }
+        }
+        if handler.subjects.is_empty() {
+            return Err(invalid(key("subjects"), "needs at least one subject"));
+        }
+        for subject in &handler.subjects {
+            if !config
+                .nats
+                .stream_subjects
+                .iter()
+                .any(|s| covers(s, subject))
+            {
+                return Err(invalid(
+                    key("subjects"),
+                    format!(
+                        "`{subject}` is not inside nats.stream_subjects {:?}",
+                        config.nats.stream_subjects
+                    ),
+                ));
+            }
+        }
+        if handler.max_deliver == 0 {
+            return Err(invalid(key("max_deliver"), "must be at least 1"));
+        }
+        if handler.concurrency == 0 || handler.concurrency > 4096 {
+            return Err(invalid(key("concurrency"), "must be between 1 and 4096"));
+        }
+        if handler.max_ack_pending < handler.concurrency {
+            return Err(invalid(
+                key("max_ack_pending"),
+                "must be at least concurrency",
+            ));
+        }
+        if handler.ack_wait < Duration::from_secs(1) {
+            return Err(invalid(key("ack_wait"), "must be at least 1s"));
+        }
+        if handler.deadline.is_zero() || handler.deadline >= handler.ack_wait {
+            return Err(invalid(
+                key("deadline"),
+                format!(
+                    "must be above 0 and below ack_wait ({:?})",
+                    handler.ack_wait
+                ),
+            ));
+        }
+        if handler.memory_mib == 0 || handler.memory_mib > 1024 {
+            return Err(invalid(key("memory_mib"), "must be between 1 and 1024"));
+        }
+        if handler.max_host_calls == 0 {
+            return Err(invalid(key("max_host_calls"), "must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&handler.retry.jitter) {
+            return Err(invalid(key("retry.jitter"), "must be between 0 and 1"));
+        }
+        if handler.retry.base.is_zero() || handler.retry.base > handler.retry.max {
+            return Err(invalid(
+                key("retry.base"),
+                "must be above 0 and at most retry.max",
+            ));
+        }
+        if let Err((field, message)) = handler.grants.check() {
+            return Err(invalid(key(&format!("grants.{field}")), message));
+        }
+        check_order_key(handler).map_err(|(field, message)| invalid(key(field), message))?;
+        if handler.drain_grace > Duration::from_secs(3600) {
+            return Err(invalid(key("drain_grace"), "must be at most 1h"));
+        }
+    }
+    Ok(())
+}
+
+fn check_order_key(handler: &HandlerConfig) -> Result<(), (&'static str, String)> {
+    if handler.order_key_subject_token.is_some() && !handler.order_key.is_empty() {
+        return Err((
+            "order_key",
+            "set either order_key or order_key_subject_token, not both".into(),
+        ));
+    }
+    if handler
+        .order_key_subject_token
+        .is_some_and(|token| token > 255)
+    {
+        return Err((
+            "order_key_subject_token",
+            "must be between 0 and 255".into(),
+        ));
+    }
+    for pointer in &handler.order_key {
+        crate::pointer::Pointer::parse(pointer).map_err(|message| ("order_key", message))?;
+        if pointer.is_empty() {
+            return Err((
+                "order_key",
+                "the empty pointer (the whole payload) is not a key".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_url(key: &str, url: &str, schemes: &[&str]) -> Result<(), ConfigError> {
+    let scheme = url.split_once("://").map(|(s, _)| s);
+    match scheme {
+        Some(s) if schemes.contains(&s) => Ok(()),
+        _ => Err(invalid(
+            key,
+            format!(
+                "`{url}` must start with one of {}",
+                schemes
+                    .iter()
+                    .map(|s| format!("{s}://"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("`{name}` must be 1 to 64 of A-Z, a-z, 0-9, `-`, `_`"),
+        ))
+    }
+}
+
+fn check_subject_prefix(key: &str, subject: &str) -> Result<(), ConfigError> {
+    let ok = !subject.is_empty()
+        && subject
+            .split('.')
+            .all(|t| !t.is_empty() && !t.contains(['*', '>', ' ']));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("`{subject}` must be dot-separated literal tokens"),
+        ))
+    }
+}
+
+/// Whether the subject filter `filter` matches the literal subject `subject`.
+pub fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut filter = filter.split('.');
+    let mut subject = subject.split('.');
+    loop {
+        match (filter.next(), subject.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(f), Some(s)) if f == s => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether every subject `inner` matches is also matched by `outer`.
+pub fn covers(outer: &str, inner: &str) -> bool {
+    let mut outer = outer.split('.');
+    let mut inner = inner.split('.');
+    loop {
+        match (outer.next(), inner.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(i)) if i != ">" => {}
+            (Some(o), Some(i)) if o == i => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Settling one delivery attempt: the handler's outcome becomes what the
+//! server hears.
+//!
+//! | outcome           | settlement                                         |
+//! |-------------------|----------------------------------------------------|
+//! | `ack`             | ack                                                |
+//! | `retry(d)`        | nak with delay `d` (the handler's backoff if none); with an order key, retried in place |
+//! | `reject(reason)`  | publish to the dead-letter stream, then term       |
+//! | any, at the last delivery | dead-letter as above, with the last reason |
+//!
+//! The host counts deliveries itself (the server's `max_deliver` is
+//! unlimited), so an event whose every delivery crashed its host is still
+//! dead-lettered, on the delivery after `max_deliver`, without running it
+//! again. A dead letter that cannot be published is not termed: the event
+//! is nak'ed and comes back, so nothing is lost.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{AckKind, Context};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::dead_letter::write::dead_letter;
+use super::hold::Held;
+use crate::bindings::event::Event;
+use crate::config::NatsConfig;
+use crate::handler::Handler;
+use crate::process::millis_since_epoch;
+use crate::runtime::Outcome;
+
+/// What settling an attempt needs: the handler, and where dead letters go.
+pub struct Settler {
+    pub js: Context,
+    pub handler: Arc<Handler>,
+    pub nats: Arc<NatsConfig>,
+}
+
+/// What one run of an event left to do.
+pub enum Step {
+    /// Acked, nak'ed or dead-lettered.
+    Settled,
+    /// Retry in place after this delay (keyed events only).
+    RetryIn(Duration),
+    /// The drain grace period ended while it ran; not settled yet.
+    Stopped,
+}
+
+fn event_headers(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
+    let Some(headers) = headers else {
+        return Vec::new();
+    };
+    let mut pairs: Vec<(String, String)> = headers
+        .iter()
+        .flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |value| (name.to_string(), value.as_str().to_string()))
+        })
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+/// Runs one delivery attempt of a held message through its handler and
+/// settles it, unless it is to be retried in place or was stopped.
+impl Settler {
+    pub async fn run(
+        &self,
+        held: &Held,
+        attempt: u32,
+        in_place: bool,
+        abort: &CancellationToken,
+    ) -> Step {
+        let (handler, nats, js) = (&*self.handler, &*self.nats, &self.js);
+        let message = &held.message;
+        let sequence = held.sequence;
+        let span = tracing::info_span!(
+            "event",
+            handler = %handler.name(),
+            subject = %message.subject,
+            sequence,
+            attempt,
+            plugin = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            keys_deleted = tracing::field::Empty,
+        );
+        async {
+        let max_deliver = handler.config.max_deliver;
+        let plugin = handler.plugin.load_full();
+        if attempt > max_deliver {
+            let reason = format!(
+                "delivered {attempt} times, more than max_deliver {max_deliver}, without being settled (host crash or lost acks)"
+            );
+            dead_letter(js, handler, nats, held, attempt, plugin.digest().as_str(), &reason).await;
+            return Step::Settled;
+        }
+        let event = Event {
+            subject: message.subject.to_string(),
+            payload: message.payload.to_vec(),
+            headers: event_headers(message.headers.as_ref()),
+            stream_sequence: sequence,
+            delivery_attempt: attempt,
+            published_at_ms: millis_since_epoch(held.published),
+        };
+        let dispatch = tokio::select! {
+            dispatch = handler.dispatch(&plugin, event) => dispatch,
+            () = abort.cancelled() => {
+                tracing::warn!("still running after the drain grace period; stopped, will be nak'ed");
+                return Step::Stopped;
+            }
+        };
+        handler.metrics().record(handler.name(), attempt, &dispatch);
+        let span = tracing::Span::current();
+        span.record("plugin", plugin.digest().as_str());
+        span.record("outcome", dispatch.outcome.kind());
+        span.record("keys_deleted", dispatch.effects.keys_deleted);
+        let stats = &handler.stats;
+        stats.handled.fetch_add(1, Ordering::Relaxed);
+        stats.keys_deleted.fetch_add(dispatch.effects.keys_deleted, Ordering::Relaxed);
+        tracing::info!(
+            outcome = dispatch.outcome.kind(),
+            keys_deleted = dispatch.effects.keys_deleted,
+            keys_scanned = dispatch.effects.keys_scanned,
+            upserts = dispatch.effects.entities_upserted + dispatch.effects.relations_upserted,
+            elapsed_ms = dispatch.elapsed.as_millis() as u64,
+            plugin = %plugin.digest().short(),
+            "event handled"
+        );
+        match dispatch.outcome {
+            Outcome::Ack => {
+                stats.acked.fetch_add(1, Ordering::Relaxed);
+                held.keepalive.stop();
+                if let Err(error) = message.ack().await {
+                    tracing::warn!(%error, "ack failed; the event will be redelivered");
+                }
+            }
+            Outcome::Retry { delay } if attempt < max_deliver => {
+                stats.retried.fetch_add(1, Ordering::Relaxed);
+                let delay = delay.unwrap_or_else(|| handler.config.retry.delay(attempt));
+                if in_place {
+                    tracing::debug!(retry_in = ?delay, "retrying in place; later events of the key wait");
+                    return Step::RetryIn(delay);
+                }
+                held.keepalive.stop();
+                if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                    tracing::warn!(%error, "nak failed; the event will be redelivered after ack_wait");
+                }
+            }
+            Outcome::Retry { .. } => {
+                let last = dispatch
+                    .fault
+                    .map(|f| f.to_string())
+                    .unwrap_or_else(|| "the handler asked to retry".into());
+                let reason = format!("gave up after {attempt} deliveries (max_deliver {max_deliver}); last: {last}");
+                dead_letter(js, handler, nats, held, attempt, plugin.digest().as_str(), &reason).await;
+            }
+            Outcome::Reject { reason } => {
+                dead_letter(js, handler, nats, held, attempt, plugin.digest().as_str(), &reason).await;
+            }
+        }
+        Step::Settled
+    }
+    .instrument(span)
+    .await
+    }
+}

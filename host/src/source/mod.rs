@@ -1,3 +1,0 @@
-//! Where events come from. Today: NATS JetStream ([`jetstream`]).
-
-pub mod jetstream;
