@@ -14,7 +14,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::{Map, Value as Json, json};
 
-use crate::backend::Backends;
 use crate::backend::memory::{MemoryCache, MemoryGraph};
 use crate::bindings::event::Event;
 use crate::bindings::graph::Value;
@@ -318,7 +317,7 @@ impl Isolation {
 
     /// A loaded plugin on an existing runtime, with fresh in-memory backends.
     pub fn on(runtime: Arc<Runtime>, plugin: Arc<Plugin>, profile: Profile) -> Self {
-        let (backends, cache, graph) = Backends::in_memory();
+        let (backends, cache, graph) = crate::backend::memory::backends();
         let env = HandlerEnv::build(
             "isolated".to_string(),
             profile.config,

@@ -30,7 +30,7 @@
 //!   [`config`] (the TOML configuration and its overrides), [`grant`]
 //!   (what each handler may touch; scan-pattern containment), [`glob`]
 //!   (Valkey's matcher), [`limits`] (every bound the host enforces),
-//!   [`identifier`] (graph identifiers), [`pointer`] (JSON pointers),
+//!   [`identifier`] (graph identifiers), [`pointer`](mod@pointer) (JSON pointers),
 //!   [`process`] (hostname, user, clock), [`bindings`] (the one
 //!   `bindgen!` of the WIT world).
 

@@ -169,7 +169,6 @@ fn events_file_lines_parse_into_events() {
 #[test]
 fn events_beyond_max_instances_wait_for_a_free_slot() {
     use std::sync::Arc;
-    use switchyard::backend::Backends;
     use switchyard::capability::HandlerEnv;
     use switchyard::limits::Limits as RuntimeLimits;
 
@@ -179,7 +178,7 @@ fn events_beyond_max_instances_wait_for_a_free_slot() {
     })
     .unwrap();
     let plugin = runtime.load(&std::fs::read(HOSTILE).unwrap()).unwrap();
-    let (backends, _, _) = Backends::in_memory();
+    let (backends, _, _) = switchyard::backend::memory::backends();
     let env = HandlerEnv::new(
         "one-slot",
         Default::default(),

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{BackendError, CacheBackend, GraphBackend, NodeKey, ScanPage};
+use super::{BackendError, Backends, CacheBackend, GraphBackend, NodeKey, ScanPage};
 use crate::bindings::graph::Value;
 use crate::glob;
 use crate::lock;
@@ -308,6 +308,17 @@ impl GraphBackend for MemoryGraph {
     async fn ping(&self) -> Result<(), BackendError> {
         self.outage.check()
     }
+}
+
+/// Fresh in-memory backends, and handles on them to seed and inspect.
+pub fn backends() -> (Backends, MemoryCache, MemoryGraph) {
+    let cache = MemoryCache::default();
+    let graph = MemoryGraph::default();
+    let backends = Backends {
+        cache: std::sync::Arc::new(cache.clone()),
+        graph: std::sync::Arc::new(graph.clone()),
+    };
+    (backends, cache, graph)
 }
 
 #[cfg(test)]

@@ -9,6 +9,9 @@
 //!   harness and `memory://` URLs. The cache selects keys exactly as Valkey.
 //! - [`valkey`]: Valkey/Redis over the `redis` crate.
 //! - [`neo4j`]: Neo4j over Bolt with `neo4rs`.
+//!
+//! Backends import only the bindings' value type and the leaf rules
+//! (`glob`, `identifier`); never a capability, grants or anything above.
 
 pub mod memory;
 pub mod neo4j;
@@ -109,17 +112,4 @@ pub trait GraphBackend: Send + Sync + 'static {
 pub struct Backends {
     pub cache: Arc<dyn CacheBackend>,
     pub graph: Arc<dyn GraphBackend>,
-}
-
-impl Backends {
-    /// Fresh in-memory backends.
-    pub fn in_memory() -> (Self, memory::MemoryCache, memory::MemoryGraph) {
-        let cache = memory::MemoryCache::default();
-        let graph = memory::MemoryGraph::default();
-        let backends = Backends {
-            cache: Arc::new(cache.clone()),
-            graph: Arc::new(graph.clone()),
-        };
-        (backends, cache, graph)
-    }
 }

@@ -87,14 +87,13 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::backend::Backends;
     use crate::backend::memory::MemoryCache;
     use crate::capability::HandlerEnv;
     use crate::grant::{Grants, GrantsConfig};
     use crate::limits::Limits;
 
     fn granted(cache_keys: &[&str]) -> (HostState, MemoryCache) {
-        let (backends, cache, _) = Backends::in_memory();
+        let (backends, cache, _) = crate::backend::memory::backends();
         for key in ["context:S1", "context:S1:dev", "other:S1"] {
             cache.set(key, "v");
         }

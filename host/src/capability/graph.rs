@@ -173,14 +173,13 @@ mod grant_tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::backend::Backends;
     use crate::backend::memory::MemoryGraph;
     use crate::capability::HandlerEnv;
     use crate::grant::{Grants, GrantsConfig};
     use crate::limits::Limits;
 
     fn granted() -> (HostState, MemoryGraph) {
-        let (backends, _, graph) = Backends::in_memory();
+        let (backends, _, graph) = crate::backend::memory::backends();
         let grants = Grants::new(&GrantsConfig {
             graph_labels: vec!["PhaseTransition".into(), "Story".into()],
             graph_relations: vec!["OF".into()],

@@ -12,6 +12,9 @@
 //! - [`graph`]: `upsert-entity` and `upsert-relation`.
 //! - [`log`]: guest logs into `tracing`.
 //! - [`config`]: the handler's configuration.
+//!
+//! Capabilities import backends, grants, limits and the bindings; never the
+//! runtime (which imports them), delivery, the fleet or the service.
 
 pub mod cache;
 pub mod config;

@@ -7,16 +7,18 @@
 //! on every call:
 //!
 //! - a `delete` is granted when every key is one that `SCAN MATCH` with
-//!   some pattern of `cache_keys` would return ([`scanned_by`]: Valkey's
+//!   some pattern of `cache_keys` would return ([`containment::scanned_by`]: Valkey's
 //!   matcher, and `*` alone for every key), and there are at most
 //!   `max_delete_keys` of them;
 //! - a `scan` is granted when every key its pattern could match is matched
-//!   by some pattern of `cache_keys`: pattern containment, [`containment`];
+//!   by some pattern of `cache_keys`: pattern containment, [`containment::containment`];
 //! - an upsert is granted when each node's label is in `graph_labels` and a
 //!   relation's kind is in `graph_relations`.
 //!
-//!
 //! [`containment`] decides whether a scan pattern stays inside the grants.
+//!
+//! Grants are rules, not wiring: they import the bounds, identifier checks
+//! and the glob matcher, nothing that runs.
 
 pub mod containment;
 

@@ -1,7 +1,7 @@
 //! Dead letters: events a handler rejected, or that ran out of
 //! deliveries, kept in their own stream with why.
 //!
-//! - [`write`]: publishing a dead letter with its reason and origin, then
+//! - [`write`](mod@write): publishing a dead letter with its reason and origin, then
 //!   terming the original (or keeping it when the publish fails).
 //! - [`read`]: listing a handler's dead letters without consuming them.
 //! - [`replay`]: republishing them to their original subjects.
