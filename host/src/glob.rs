@@ -33,6 +33,86 @@ pub fn escape(literal: &str) -> String {
     out
 }
 
+/// A pattern read once for matching many keys: most invalidation patterns
+/// are an exact key or a literal prefix and `*`, which need no matcher.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Compiled {
+    /// No unescaped `*`, `?` or `[`: matches exactly these bytes.
+    Exact(Vec<u8>),
+    /// A literal run then only `*`s: matches every key starting with these
+    /// bytes (the empty prefix, the pattern `*`, matches every key, as
+    /// `SCAN MATCH *` returns every key).
+    Prefix(Vec<u8>),
+    /// Anything else, matched with [`matches`].
+    Glob(Vec<u8>),
+}
+
+impl Compiled {
+    /// Reads `pattern` as Valkey's matcher does: `\x` is `x`, a `\` at the
+    /// very end is itself.
+    pub fn new(pattern: &[u8]) -> Self {
+        let mut literal = Vec::with_capacity(pattern.len());
+        let mut i = 0;
+        while i < pattern.len() {
+            match pattern[i] {
+                b'\\' if i + 1 < pattern.len() => {
+                    literal.push(pattern[i + 1]);
+                    i += 2;
+                }
+                // `*` alone is special to `SCAN` (every key, the empty one
+                // too); `**` is not, and misses the empty key.
+                b'*' if pattern[i..].iter().all(|&b| b == b'*')
+                    && (!literal.is_empty() || pattern == b"*") =>
+                {
+                    return Compiled::Prefix(literal);
+                }
+                b'*' | b'?' | b'[' => return Compiled::Glob(pattern.to_vec()),
+                c => {
+                    literal.push(c);
+                    i += 1;
+                }
+            }
+        }
+        Compiled::Exact(literal)
+    }
+
+    /// Whether `SCAN MATCH` with this pattern returns `key`.
+    pub fn matches(&self, key: &[u8]) -> bool {
+        match self {
+            Compiled::Exact(literal) => key == literal.as_slice(),
+            Compiled::Prefix(prefix) => key.starts_with(prefix),
+            Compiled::Glob(pattern) => matches(pattern, key),
+        }
+    }
+
+    /// The bytes every matching key starts with.
+    pub fn literal_prefix(&self) -> &[u8] {
+        match self {
+            Compiled::Exact(literal) | Compiled::Prefix(literal) => literal,
+            Compiled::Glob(pattern) => {
+                let end = pattern
+                    .iter()
+                    .position(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
+                    .unwrap_or(pattern.len());
+                &pattern[..end]
+            }
+        }
+    }
+}
+
+/// Escapes arbitrary bytes so that, as a pattern, they match exactly
+/// themselves.
+pub fn escape_bytes(literal: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(literal.len() + 2);
+    for &b in literal {
+        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out
+}
+
 // Bytes compare as C `char`, which is signed on the platforms Valkey ships for.
 fn signed(b: u8) -> i32 {
     i32::from(b as i8)
@@ -208,6 +288,77 @@ mod tests {
             let pattern = escape(id);
             assert!(m(&pattern, id), "{pattern} should match {id}");
             assert!(!m(&pattern, &format!("{id}x")));
+        }
+    }
+
+    #[test]
+    fn compiled_patterns_select_exactly_what_the_matcher_selects() {
+        let keys: &[&[u8]] = &[
+            b"",
+            b"a",
+            b"ab",
+            b"abc",
+            b"abd",
+            b"a*",
+            b"a\\",
+            b"ctx:S1",
+            b"ctx:S1:dev",
+            b"ctx:S10",
+            b"ctx:S1:",
+            b"ctx:S1\xff",
+            b"x[y",
+            b"x?y",
+            b"xzy",
+        ];
+        let patterns: &[&[u8]] = &[
+            b"*",
+            b"**",
+            b"a",
+            b"a*",
+            b"a**",
+            b"a\\*",
+            b"a\\\\",
+            b"a\\",
+            b"ctx:S1",
+            b"ctx:S1:*",
+            b"ctx:S1*",
+            b"x\\[y",
+            b"x?y",
+            b"x[z]y",
+            b"a*c",
+            b"\\a*",
+            b"ab\\",
+        ];
+        for &pattern in patterns {
+            let compiled = Compiled::new(pattern);
+            for &key in keys {
+                let expected = pattern == b"*" || matches(pattern, key);
+                assert_eq!(
+                    compiled.matches(key),
+                    expected,
+                    "pattern {:?} ({compiled:?}) on key {:?}",
+                    String::from_utf8_lossy(pattern),
+                    String::from_utf8_lossy(key)
+                );
+                assert!(!compiled.matches(key) || key.starts_with(compiled.literal_prefix()));
+            }
+        }
+        assert_eq!(
+            Compiled::new(b"ctx:S1:*"),
+            Compiled::Prefix(b"ctx:S1:".to_vec())
+        );
+        assert_eq!(
+            Compiled::new(b"ctx:S\\*1"),
+            Compiled::Exact(b"ctx:S*1".to_vec())
+        );
+        assert!(matches!(Compiled::new(b"a*c"), Compiled::Glob(_)));
+    }
+
+    #[test]
+    fn escaped_bytes_match_only_themselves() {
+        for literal in [&b"ctx:S[1]*?\\"[..], b"\xff\x00plain", b""] {
+            let pattern = escape_bytes(literal);
+            assert_eq!(Compiled::new(&pattern), Compiled::Exact(literal.to_vec()));
         }
     }
 }

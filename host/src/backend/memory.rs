@@ -19,9 +19,10 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{BackendError, Backends, CacheBackend, GraphBackend, NodeKey, ScanPage};
+use super::{BackendError, Backends, CacheBackend, GraphBackend, NodeKey, ScanPage, Swept};
 use crate::bindings::graph::Value;
 use crate::glob;
+use crate::glob::Compiled;
 use crate::lock;
 
 /// An in-memory key-value cache. Clones share the same data.
@@ -125,6 +126,30 @@ impl MemoryCache {
         ScanPage { cursor: 0, keys }
     }
 
+    /// Synchronous [`CacheBackend::delete_matching`] (or, without
+    /// `delete`, [`CacheBackend::find_matching`]).
+    pub fn sweep(&self, patterns: &[Compiled], delete: bool) -> Swept {
+        let mut entries = lock(&self.entries);
+        let matched: Vec<(u64, String)> = entries
+            .keys()
+            .filter(|(_, key)| patterns.iter().any(|p| p.matches(key.as_bytes())))
+            .cloned()
+            .collect();
+        if delete {
+            for entry in &matched {
+                entries.remove(entry);
+            }
+        }
+        Swept {
+            deleted: matched.len() as u64,
+            keys: matched
+                .into_iter()
+                .take(Swept::MAX_KEYS_KEPT)
+                .map(|(_, key)| key.into_bytes())
+                .collect(),
+        }
+    }
+
     /// Synchronous `UNLINK`; see [`CacheBackend::delete`].
     pub fn unlink(&self, keys: &[String]) -> u64 {
         let mut entries = lock(&self.entries);
@@ -152,6 +177,16 @@ impl CacheBackend for MemoryCache {
     async fn delete(&self, keys: &[String]) -> Result<u64, BackendError> {
         self.outage.check()?;
         Ok(self.unlink(keys))
+    }
+
+    async fn delete_matching(&self, patterns: &[Compiled]) -> Result<Swept, BackendError> {
+        self.outage.check()?;
+        Ok(self.sweep(patterns, true))
+    }
+
+    async fn find_matching(&self, patterns: &[Compiled]) -> Result<Vec<Vec<u8>>, BackendError> {
+        self.outage.check()?;
+        Ok(self.sweep(patterns, false).keys)
     }
 
     async fn ping(&self) -> Result<(), BackendError> {

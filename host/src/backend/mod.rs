@@ -9,12 +9,18 @@
 //!   harness and `memory://` URLs. The cache selects keys exactly as Valkey.
 //! - [`valkey`]: Valkey/Redis over the `redis` crate.
 //! - [`neo4j`]: Neo4j over Bolt with `neo4rs`.
+//! - [`graph_batch`]: the Neo4j backend's batched writes: concurrent
+//!   upserts share `UNWIND` transactions.
+//! - [`sweep`]: the Valkey backend's shared sweeper: one `SCAN` sweep of
+//!   the keyspace serves every `delete_matching` call waiting for it.
 //!
 //! Backends import only the bindings' value type and the leaf rules
 //! (`glob`, `identifier`); never a capability, grants or anything above.
 
+pub mod graph_batch;
 pub mod memory;
 pub mod neo4j;
+pub mod sweep;
 pub mod valkey;
 
 use std::sync::Arc;
@@ -22,6 +28,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::bindings::graph::Value;
+use crate::glob::Compiled;
 
 /// Why a backend call failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -55,6 +62,21 @@ pub struct ScanPage {
     pub keys: Vec<String>,
 }
 
+/// What one `delete_matching` call did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Swept {
+    /// Keys this call deleted (that existed when they were unlinked).
+    pub deleted: u64,
+    /// The keys that matched, as bytes (at most [`Swept::MAX_KEYS_KEPT`];
+    /// `deleted` counts them all).
+    pub keys: Vec<Vec<u8>>,
+}
+
+impl Swept {
+    /// Matched keys kept for the caller to see; beyond, only counted.
+    pub const MAX_KEYS_KEPT: usize = 10_000;
+}
+
 /// A key-value cache with Valkey `SCAN` and `UNLINK` semantics.
 #[async_trait]
 pub trait CacheBackend: Send + Sync + 'static {
@@ -66,6 +88,14 @@ pub trait CacheBackend: Send + Sync + 'static {
 
     /// `UNLINK keys...`: how many of them existed.
     async fn delete(&self, keys: &[String]) -> Result<u64, BackendError>;
+
+    /// Deletes every key matching one of `patterns` (the WIT
+    /// `delete-matching` promise: every key that matches and exists for the
+    /// whole call is deleted, no other key is touched).
+    async fn delete_matching(&self, patterns: &[Compiled]) -> Result<Swept, BackendError>;
+
+    /// The keys `delete_matching` would delete now, deleting nothing.
+    async fn find_matching(&self, patterns: &[Compiled]) -> Result<Vec<Vec<u8>>, BackendError>;
 
     /// Whether the backend answers right now.
     async fn ping(&self) -> Result<(), BackendError>;

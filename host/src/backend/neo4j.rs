@@ -6,6 +6,10 @@
 //! [`check_identifier`] (again, even though the capability checked them).
 //! The first write to a label creates a uniqueness constraint on `id`,
 //! which is what makes concurrent `MERGE`s of one id produce one node.
+//!
+//! Upserts go through a [`Batcher`]: the rows of concurrent events are
+//! written together, one `UNWIND` transaction per label (or relation
+//! shape), and each call returns once its row has committed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -14,6 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use neo4rs::{BoltList, BoltNull, BoltType, ConfigBuilder, Graph, query};
 
+use super::graph_batch::{Batcher, Run, Shape};
 use super::{BackendError, GraphBackend, NodeKey};
 use crate::bindings::graph::Value;
 use crate::identifier::check_identifier;
@@ -28,6 +33,7 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Neo4jGraph {
     graph: Graph,
     constrained: Mutex<HashSet<String>>,
+    batcher: Batcher,
 }
 
 impl Neo4jGraph {
@@ -44,12 +50,26 @@ impl Neo4jGraph {
                 detail: format!("bad configuration for {url:?}: {e}"),
             })?;
         let graph = timed(Graph::connect(config)).await?;
-        let backend = Neo4jGraph {
-            graph,
-            constrained: Mutex::new(HashSet::new()),
-        };
+        let backend = Neo4jGraph::on(graph);
         backend.ping().await?;
         Ok(backend)
+    }
+
+    /// The backend on a connected driver; starts its batcher.
+    fn on(graph: Graph) -> Self {
+        let run: Run = std::sync::Arc::new(|graph: Graph, q: neo4rs::Query| {
+            Box::pin(async move { timed(graph.run(q)).await })
+        });
+        Neo4jGraph {
+            batcher: Batcher::start(graph.clone(), run),
+            graph,
+            constrained: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Write transactions run so far (each may hold many upserts).
+    pub fn transactions(&self) -> u64 {
+        self.batcher.transactions()
     }
 
     async fn ensure_constraint(&self, label: &str) -> Result<(), BackendError> {
@@ -151,11 +171,14 @@ impl GraphBackend for Neo4jGraph {
     ) -> Result<(), BackendError> {
         let label = checked(&node.label)?;
         self.ensure_constraint(label).await?;
-        let cypher = format!("MERGE (n:`{label}` {{id: $id}}) SET n += $props");
-        let q = query(&cypher)
-            .param("id", node.id.as_str())
-            .param("props", bolt_map(properties)?);
-        timed(self.graph.run(q)).await
+        let row = HashMap::from([
+            ("id".to_string(), BoltType::from(node.id.as_str())),
+            ("props".to_string(), bolt_map(properties)?),
+        ]);
+        let shape = Shape::Entity {
+            label: label.to_string(),
+        };
+        self.batcher.write(shape, BoltType::from(row)).await
     }
 
     async fn upsert_relation(
@@ -172,16 +195,17 @@ impl GraphBackend for Neo4jGraph {
         );
         self.ensure_constraint(source_label).await?;
         self.ensure_constraint(target_label).await?;
-        let cypher = format!(
-            "MERGE (a:`{source_label}` {{id: $source}}) \
-             MERGE (b:`{target_label}` {{id: $target}}) \
-             MERGE (a)-[r:`{kind}`]->(b) SET r += $props"
-        );
-        let q = query(&cypher)
-            .param("source", source.id.as_str())
-            .param("target", target.id.as_str())
-            .param("props", bolt_map(properties)?);
-        timed(self.graph.run(q)).await
+        let row = HashMap::from([
+            ("source".to_string(), BoltType::from(source.id.as_str())),
+            ("target".to_string(), BoltType::from(target.id.as_str())),
+            ("props".to_string(), bolt_map(properties)?),
+        ]);
+        let shape = Shape::Relation {
+            source: source_label.to_string(),
+            kind: kind.to_string(),
+            target: target_label.to_string(),
+        };
+        self.batcher.write(shape, BoltType::from(row)).await
     }
 
     async fn ping(&self) -> Result<(), BackendError> {

@@ -4,6 +4,11 @@
 //! exactly one `SCAN` step with the plugin's own cursor, so a failure in the
 //! middle of a sweep reaches the plugin instead of ending an iterator early.
 //! Connection failures and timeouts are [`BackendError::Unavailable`].
+//!
+//! `delete_matching` goes through the backend's [`Sweeper`]: one sweep of
+//! the keyspace serves every call waiting for it. Exact keys skip the
+//! sweep: they are unlinked by name, on the multiplexed connection, which
+//! pipelines concurrent commands.
 
 use std::time::Duration;
 
@@ -11,7 +16,9 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError};
 
-use super::{BackendError, CacheBackend, ScanPage};
+use super::sweep::Sweeper;
+use super::{BackendError, CacheBackend, ScanPage, Swept};
+use crate::glob::Compiled;
 
 const BACKEND: &str = "valkey";
 
@@ -19,6 +26,7 @@ const BACKEND: &str = "valkey";
 #[derive(Clone)]
 pub struct ValkeyCache {
     connection: ConnectionManager,
+    sweeper: Sweeper,
 }
 
 /// How long one command may take before the call reports `unavailable`.
@@ -40,8 +48,68 @@ impl ValkeyCache {
         let connection = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| classify(&e))?;
-        Ok(ValkeyCache { connection })
+        Ok(ValkeyCache::on(connection))
     }
+}
+
+impl ValkeyCache {
+    /// The backend on an open connection; starts its sweeper.
+    fn on(connection: ConnectionManager) -> Self {
+        let sweeper = Sweeper::start(connection.clone(), classify);
+        ValkeyCache {
+            connection,
+            sweeper,
+        }
+    }
+
+    /// The sweeper's running totals.
+    pub fn sweeps(&self) -> &super::sweep::SweepStats {
+        self.sweeper.stats()
+    }
+
+    /// Unlinks exact keys (as bytes), one command each in one pipeline:
+    /// the keys that existed.
+    async fn unlink_exact(&self, keys: &[&[u8]]) -> Result<Vec<Vec<u8>>, BackendError> {
+        self.per_key("UNLINK", keys).await
+    }
+
+    /// `command KEY` for each key in one pipeline: the keys it answered
+    /// non-zero for.
+    async fn per_key(&self, command: &str, keys: &[&[u8]]) -> Result<Vec<Vec<u8>>, BackendError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd(command).arg(*key);
+        }
+        let mut connection = self.connection.clone();
+        let answers: Vec<u64> = pipe
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(keys
+            .iter()
+            .zip(answers)
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, _)| k.to_vec())
+            .collect())
+    }
+}
+
+/// Splits patterns into exact keys and the ones that need a sweep.
+fn split(patterns: &[Compiled]) -> (Vec<&[u8]>, Vec<Compiled>) {
+    let mut exact = Vec::new();
+    let mut swept = Vec::new();
+    for pattern in patterns {
+        match pattern {
+            Compiled::Exact(key) => exact.push(key.as_slice()),
+            other => swept.push(other.clone()),
+        }
+    }
+    exact.sort_unstable();
+    exact.dedup();
+    (exact, swept)
 }
 
 fn classify(error: &RedisError) -> BackendError {
@@ -80,18 +148,18 @@ impl CacheBackend for ValkeyCache {
             .query_async(&mut connection)
             .await
             .map_err(|e| classify(&e))?;
-        let keys = raw_keys
-            .into_iter()
-            .map(|key| {
-                String::from_utf8(key).map_err(|e| BackendError::Other {
-                    backend: BACKEND,
-                    detail: format!(
-                        "key {:?} is not UTF-8 and cannot be handed to a plugin",
-                        String::from_utf8_lossy(e.as_bytes())
-                    ),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut keys = Vec::with_capacity(raw_keys.len());
+        for key in raw_keys {
+            match String::from_utf8(key) {
+                Ok(key) => keys.push(key),
+                // A plugin's `string` cannot carry it; `delete-matching` can.
+                Err(error) => tracing::warn!(
+                    key = %String::from_utf8_lossy(error.as_bytes()).escape_debug(),
+                    %pattern,
+                    "scan skipped a key that is not UTF-8 (delete-matching deletes such keys)"
+                ),
+            }
+        }
         Ok(ScanPage { cursor, keys })
     }
 
@@ -102,6 +170,41 @@ impl CacheBackend for ValkeyCache {
             .query_async(&mut connection)
             .await
             .map_err(|e| classify(&e))
+    }
+
+    async fn delete_matching(&self, patterns: &[Compiled]) -> Result<Swept, BackendError> {
+        let (exact, swept) = split(patterns);
+        let by_name = self.unlink_exact(&exact);
+        let by_sweep = async {
+            if swept.is_empty() {
+                return Ok(Swept::default());
+            }
+            self.sweeper.sweep(swept, true).await
+        };
+        let (by_name, by_sweep) = tokio::join!(by_name, by_sweep);
+        let mut result = by_sweep?;
+        // A key named exactly and also matched by a pattern was unlinked by
+        // one of the two; each count is what its own command removed.
+        let named = by_name?;
+        result.deleted += named.len() as u64;
+        result.keys.extend(named);
+        result.keys.truncate(Swept::MAX_KEYS_KEPT);
+        Ok(result)
+    }
+
+    async fn find_matching(&self, patterns: &[Compiled]) -> Result<Vec<Vec<u8>>, BackendError> {
+        let (exact, swept) = split(patterns);
+        let mut keys = if swept.is_empty() {
+            Vec::new()
+        } else {
+            self.sweeper.sweep(swept, false).await?.keys
+        };
+        if !exact.is_empty() {
+            keys.extend(self.per_key("EXISTS", &exact).await?);
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
     }
 
     async fn ping(&self) -> Result<(), BackendError> {

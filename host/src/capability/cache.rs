@@ -1,16 +1,19 @@
-//! `cache`: `scan` and `delete` against the handler's cache backend.
+//! `cache`: `scan`, `delete` and `delete-matching` against the handler's
+//! cache backend.
 //!
-//! Both are limited to the handler's `cache_keys` grant (see
+//! All are limited to the handler's `cache_keys` grant (see
 //! [`crate::grant`]): a scan only with a pattern whose every possible match
 //! is granted, a delete only of granted keys, at most `max_delete_keys` at
-//! a time.
+//! a time; `delete-matching` checks each pattern once, like a scan, before
+//! the backend sees any of them.
 
 use tracing::instrument;
 
-use crate::backend::ScanPage;
+use crate::backend::{ScanPage, Swept};
 use crate::bindings::cache::{Host, ScanPage as WitScanPage};
 use crate::bindings::types::Error as WitError;
 use crate::capability::HostState;
+use crate::glob::Compiled;
 use crate::limits::{MAX_DELETE_KEYS, MAX_KEY_BYTES, MAX_SCAN_COUNT};
 
 impl Host for HostState {
@@ -76,6 +79,55 @@ impl Host for HostState {
             }
             Err(error) => {
                 tracing::warn!(handler = %self.env.name, keys = keys.len(), %error, "cache delete failed");
+                Ok(Err(self.backend_error(error)))
+            }
+        }
+    }
+
+    #[instrument(skip(self, patterns), fields(handler = %self.env.name, backend = self.env.backends.cache.kind(), patterns = patterns.len()))]
+    async fn delete_matching(
+        &mut self,
+        patterns: Vec<String>,
+    ) -> wasmtime::Result<Result<u64, WitError>> {
+        self.charge_call()?;
+        if patterns.len() > MAX_DELETE_KEYS {
+            return Ok(Err(self.invalid(format!(
+                "delete-matching names {} patterns, more than the {MAX_DELETE_KEYS} allowed in one call",
+                patterns.len()
+            ))));
+        }
+        if let Some(pattern) = patterns
+            .iter()
+            .find(|p| p.is_empty() || p.len() > MAX_KEY_BYTES)
+        {
+            return Ok(Err(self.invalid(format!(
+                "pattern must be 1 to {MAX_KEY_BYTES} bytes, got {}",
+                pattern.len()
+            ))));
+        }
+        if patterns.is_empty() {
+            return Ok(Ok(0));
+        }
+        if let Err(denial) = self.env.grants.check_pattern_count(patterns.len()) {
+            return Ok(Err(self.denied(denial.message)));
+        }
+        let mut compiled = Vec::with_capacity(patterns.len());
+        for pattern in &patterns {
+            let one = Compiled::new(pattern.as_bytes());
+            if let Err(denial) = self.env.grants.check_compiled(pattern, &one) {
+                tracing::warn!(handler = %self.env.name, subject = %self.subject, sequence = self.sequence, pattern = ?denial.offending, "cache delete-matching denied: {}", denial.message);
+                return Ok(Err(self.denied(denial.message)));
+            }
+            compiled.push(one);
+        }
+        let cache = self.env.backends.cache.clone();
+        match cache.delete_matching(&compiled).await {
+            Ok(Swept { deleted, .. }) => {
+                self.effects.keys_deleted += deleted;
+                Ok(Ok(deleted))
+            }
+            Err(error) => {
+                tracing::warn!(handler = %self.env.name, patterns = patterns.len(), %error, "cache delete-matching failed");
                 Ok(Err(self.backend_error(error)))
             }
         }

@@ -13,7 +13,7 @@
 //! - [`sections`] and [`handler`]: what the file holds.
 //! - [`overrides`]: environment variables applied to the document.
 //! - [`validate`]: checks across keys, each error naming the key.
-//! - [`error`]: [`ConfigError`].
+//! - [`error`] holds [`ConfigError`].
 //!
 //! Configuration is data: it imports the bounds, grants and pointers it
 //! checks, and nothing that runs.

@@ -27,6 +27,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::glob::Compiled;
 use crate::identifier::check_identifier;
 use crate::limits::{MAX_DELETE_KEYS, MAX_KEY_BYTES};
 
@@ -123,6 +124,9 @@ enum Scope<T> {
 struct GrantedPattern {
     text: String,
     tokens: Vec<Token>,
+    /// For a literal prefix and `*`: the prefix, which proves a scan
+    /// pattern inside the grant without a search.
+    prefix: Option<Vec<u8>>,
 }
 
 /// The checked grants of one handler.
@@ -147,6 +151,10 @@ impl Grants {
                     .map(|text| GrantedPattern {
                         text: text.clone(),
                         tokens: parse(text.as_bytes()),
+                        prefix: match Compiled::new(text.as_bytes()) {
+                            Compiled::Prefix(prefix) => Some(prefix),
+                            _ => None,
+                        },
                     })
                     .collect(),
             ),
@@ -179,10 +187,32 @@ impl Grants {
 
     /// Checks a `scan` pattern: every key it could match must be granted.
     pub fn check_scan(&self, pattern: &str) -> Result<(), Denial> {
+        self.check_compiled(pattern, &Compiled::new(pattern.as_bytes()))
+    }
+
+    /// Checks one pattern of a `delete-matching` call (`compiled` is
+    /// `text` read as a pattern): every key it could match must be granted.
+    pub fn check_compiled(&self, pattern: &str, compiled: &Compiled) -> Result<(), Denial> {
         let patterns = match &self.cache {
             Scope::Everything => return Ok(()),
             Scope::Only(patterns) => patterns,
         };
+        // Every key the pattern matches starts with its literal prefix; a
+        // grant `<prefix>*` whose prefix that starts with covers them all.
+        let literal = compiled.literal_prefix();
+        let covered = |p: &GrantedPattern| {
+            p.prefix
+                .as_ref()
+                .is_some_and(|prefix| literal.starts_with(prefix))
+        };
+        if patterns.iter().any(covered) {
+            return Ok(());
+        }
+        if let Compiled::Exact(key) = compiled
+            && patterns.iter().any(|p| scanned_by(p.text.as_bytes(), key))
+        {
+            return Ok(());
+        }
         let grants: Vec<(&[u8], &[Token])> = patterns
             .iter()
             .map(|p| (p.text.as_bytes(), p.tokens.as_slice()))
@@ -204,6 +234,21 @@ impl Grants {
                 self.describe_cache()
             ),
         })
+    }
+
+    /// Checks the size of a `delete-matching` call: at most
+    /// `max_delete_keys` patterns.
+    pub fn check_pattern_count(&self, count: usize) -> Result<(), Denial> {
+        if count > self.max_delete_keys {
+            return Err(Denial {
+                offending: format!("{count} patterns"),
+                message: format!(
+                    "delete-matching names {count} patterns, more than the {} this handler's grant allows in one call (max_delete_keys)",
+                    self.max_delete_keys
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Checks a `delete`: at most `max_delete_keys` keys, each granted.

@@ -18,10 +18,13 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::backend::{BackendError, Backends, CacheBackend, GraphBackend, NodeKey, ScanPage};
+use crate::backend::{
+    BackendError, Backends, CacheBackend, GraphBackend, NodeKey, ScanPage, Swept,
+};
 use crate::bindings::event::Event;
 use crate::bindings::graph::Value;
 use crate::capability::HandlerEnv;
+use crate::glob::Compiled;
 use crate::lock;
 use crate::metrics::Metrics;
 use crate::runtime::{Dispatch, Plugin, Runtime};
@@ -86,6 +89,29 @@ impl CacheBackend for Recording {
         };
         lock(&self.log).deleted.extend(keys.iter().cloned());
         Ok(removed)
+    }
+
+    async fn delete_matching(&self, patterns: &[Compiled]) -> Result<Swept, BackendError> {
+        let swept = if self.execute {
+            self.inner.cache.delete_matching(patterns).await?
+        } else {
+            let keys = self.inner.cache.find_matching(patterns).await?;
+            Swept {
+                deleted: keys.len() as u64,
+                keys,
+            }
+        };
+        lock(&self.log).deleted.extend(
+            swept
+                .keys
+                .iter()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
+        );
+        Ok(swept)
+    }
+
+    async fn find_matching(&self, patterns: &[Compiled]) -> Result<Vec<Vec<u8>>, BackendError> {
+        self.inner.cache.find_matching(patterns).await
     }
 
     async fn ping(&self) -> Result<(), BackendError> {

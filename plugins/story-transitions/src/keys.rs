@@ -59,6 +59,11 @@ impl StoryKeys {
         &self.bare
     }
 
+    /// The bare key escaped, as a pattern that names exactly it.
+    pub fn bare_pattern(&self) -> String {
+        escape_glob(&self.bare)
+    }
+
     /// What every other key of the story starts with: `<prefix><story_id>:`.
     pub fn child_prefix(&self) -> &str {
         &self.child_prefix

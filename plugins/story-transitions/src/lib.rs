@@ -7,7 +7,7 @@
 //! - [`transition`] (pure): payload bytes → [`transition::Transition`] or a
 //!   [`transition::Rejection`] naming the problem.
 //! - [`keys`] (pure): which cache keys a story owns and the escaped
-//!   `SCAN MATCH` pattern that finds them.
+//!   patterns that select exactly them.
 //! - this file: [`handle`], the effect orchestration, written against the
 //!   [`Host`] trait; [`Imports`], the `Host` that calls the component's
 //!   imports; and the `Guest` export that joins the two.
@@ -17,12 +17,17 @@
 //! 1. Parse the payload. A rejection dead-letters the event before any
 //!    cache or graph call is made.
 //! 2. Read the configuration: `key_prefix` (default `context:`),
-//!    `retry_base_ms` (default 500), `retry_max_ms` (default 30000).
+//!    `retry_base_ms` (default 500), `retry_max_ms` (default 30000),
+//!    `invalidation` (`delete-matching`, the default, or `scan`).
 //! 3. Upsert `(:PhaseTransition {id: "<story_id>:<timestamp>"})` with the
 //!    properties `story_id`, `from_phase`, `to_phase` and `timestamp`.
-//! 4. Delete `<prefix><story_id>` by name, then scan
-//!    `<prefix><story_id>:*` (escaped) page by page, deleting each page's
-//!    keys after checking they belong to the story, until the cursor is 0.
+//! 4. Invalidate with one `delete-matching` call naming the escaped bare
+//!    key `<prefix><story_id>` and the escaped `<prefix><story_id>:*`: the
+//!    host sweeps the keyspace once for many events. With
+//!    `invalidation = "scan"` (the per-event design this plugin used before
+//!    0.1.1, kept for comparison), delete the bare key by name, then scan
+//!    the pattern page by page, deleting each page's keys after checking
+//!    they belong to the story, until the cursor is 0.
 //! 5. Ack, logging how many keys were deleted.
 //!
 //! The graph goes before the cache, as with any source of truth and its
@@ -77,6 +82,7 @@ pub trait Host {
     fn config(&mut self, key: &str) -> Option<String>;
     fn scan(&mut self, pattern: &str, cursor: u64, count: u32) -> Result<ScanPage, Error>;
     fn delete(&mut self, keys: &[String]) -> Result<u64, Error>;
+    fn delete_matching(&mut self, patterns: &[String]) -> Result<u64, Error>;
     fn upsert_entity(
         &mut self,
         label: &str,
@@ -99,6 +105,9 @@ impl Host for Imports {
     }
     fn delete(&mut self, keys: &[String]) -> Result<u64, Error> {
         cache::delete(keys)
+    }
+    fn delete_matching(&mut self, patterns: &[String]) -> Result<u64, Error> {
+        cache::delete_matching(patterns)
     }
     fn upsert_entity(
         &mut self,
@@ -137,6 +146,16 @@ pub struct Settings {
     pub key_prefix: String,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
+    pub invalidation: Invalidation,
+}
+
+/// How the story's keys are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    /// One `delete-matching` call; the host shares one sweep between events.
+    DeleteMatching,
+    /// A `scan` of the story's pattern per event, and `delete`s.
+    Scan,
 }
 
 impl Settings {
@@ -149,10 +168,28 @@ impl Settings {
             .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_owned());
         let retry_base_ms = millis(host, "retry_base_ms", DEFAULT_RETRY_BASE_MS);
         let retry_max_ms = millis(host, "retry_max_ms", DEFAULT_RETRY_MAX_MS);
+        let invalidation = match host.config("invalidation").as_deref() {
+            Some("scan") => Invalidation::Scan,
+            None | Some("delete-matching") => Invalidation::DeleteMatching,
+            Some(other) => {
+                let fields = fields(&[
+                    ("key", "invalidation".to_owned()),
+                    ("value", quote(other)),
+                    ("default", "delete-matching".to_owned()),
+                ]);
+                host.log(
+                    Level::Error,
+                    "invalid invalidation setting, using the default",
+                    &fields,
+                );
+                Invalidation::DeleteMatching
+            }
+        };
         Self {
             key_prefix,
             retry_base_ms,
             retry_max_ms,
+            invalidation,
         }
     }
 
@@ -259,14 +296,29 @@ fn apply(
             call: format!("graph.upsert-entity of {NODE_LABEL} {}", quote(node_id)),
             error,
         })?;
-    invalidate(
-        host,
-        &StoryKeys::new(&settings.key_prefix, &transition.story_id),
-    )
+    let keys = StoryKeys::new(&settings.key_prefix, &transition.story_id);
+    match settings.invalidation {
+        Invalidation::DeleteMatching => delete_matching(host, &keys),
+        Invalidation::Scan => invalidate(host, &keys),
+    }
 }
 
-/// Deletes the story's bare key and every `<bare>:…` key; returns how many
-/// existed.
+/// Deletes the story's bare key and every `<bare>:…` key in one call;
+/// returns how many existed.
+fn delete_matching(host: &mut impl Host, keys: &StoryKeys) -> Result<u64, Failure> {
+    let patterns = [keys.bare_pattern(), keys.scan_pattern().to_owned()];
+    host.delete_matching(&patterns).map_err(|error| Failure {
+        call: format!(
+            "cache.delete-matching of {} and {}",
+            quote(&patterns[0]),
+            quote(&patterns[1])
+        ),
+        error,
+    })
+}
+
+/// Deletes the story's bare key and every `<bare>:…` key with a scan of its
+/// own; returns how many existed.
 fn invalidate(host: &mut impl Host, keys: &StoryKeys) -> Result<u64, Failure> {
     let bare = keys.bare_key().to_owned();
     let mut deleted = host
@@ -472,7 +524,12 @@ mod tests {
     impl Host for Scripted {
         fn config(&mut self, key: &str) -> Option<String> {
             self.calls.push(format!("config {key}"));
-            self.config.get(key).cloned()
+            // Most of these tests follow the per-event scan; the
+            // delete-matching ones configure it.
+            match self.config.get(key) {
+                None if key == "invalidation" => Some("scan".to_owned()),
+                value => value.cloned(),
+            }
         }
         fn scan(&mut self, pattern: &str, cursor: u64, count: u32) -> Result<ScanPage, Error> {
             self.calls.push(format!("scan {pattern} {cursor} {count}"));
@@ -493,6 +550,12 @@ mod tests {
             self.injected("delete")?;
             self.deleted.push(keys.to_vec());
             Ok(keys.iter().filter(|k| self.existing.remove(*k)).count() as u64)
+        }
+        fn delete_matching(&mut self, patterns: &[String]) -> Result<u64, Error> {
+            self.calls
+                .push(format!("delete-matching {}", patterns.join(" ")));
+            self.injected("delete-matching")?;
+            Ok(self.existing.len() as u64)
         }
         fn upsert_entity(
             &mut self,
@@ -819,6 +882,9 @@ mod tests {
             }
             self.0.delete(keys)
         }
+        fn delete_matching(&mut self, patterns: &[String]) -> Result<u64, Error> {
+            self.0.delete_matching(patterns)
+        }
         fn upsert_entity(
             &mut self,
             label: &str,
@@ -907,6 +973,7 @@ mod tests {
             key_prefix: String::new(),
             retry_base_ms: u64::MAX / 2,
             retry_max_ms: u64::MAX,
+            invalidation: Invalidation::DeleteMatching,
         };
         assert_eq!(settings.backoff_ms(u32::MAX), u64::MAX);
         assert_eq!(settings.backoff_ms(3), u64::MAX);
@@ -914,6 +981,7 @@ mod tests {
             key_prefix: String::new(),
             retry_base_ms: 500,
             retry_max_ms: 30_000,
+            invalidation: Invalidation::DeleteMatching,
         };
         assert_eq!(settings.backoff_ms(64), 30_000);
         assert_eq!(settings.backoff_ms(65), 30_000);
@@ -935,6 +1003,9 @@ mod tests {
             fn delete(&mut self, keys: &[String]) -> Result<u64, Error> {
                 self.0.delete(keys)
             }
+            fn delete_matching(&mut self, patterns: &[String]) -> Result<u64, Error> {
+                self.0.delete_matching(patterns)
+            }
             fn upsert_entity(
                 &mut self,
                 label: &str,
@@ -953,4 +1024,49 @@ mod tests {
             Outcome::Retry(Some(500))
         ));
     }
+
+    #[test]
+    fn invalidates_with_one_delete_matching_call_after_the_graph_write() {
+        let mut host = Scripted::default()
+            .configured("invalidation", "delete-matching")
+            .existing(&["context:S*1", "context:S*1:dev"]);
+        let outcome = handle(&mut host, &event(PAYLOAD_S_STAR_1, 1));
+        assert!(matches!(outcome, Outcome::Ack), "{outcome:?}");
+        assert_eq!(
+            host.effect_calls(),
+            [
+                "upsert PhaseTransition S*1:2026-01-01T00:00:00Z",
+                "delete-matching context:S\\*1 context:S\\*1:*",
+            ]
+        );
+        assert_eq!(
+            host.log_field("invalidated story context", "keys_deleted")
+                .as_deref(),
+            Some("2")
+        );
+    }
+
+    #[test]
+    fn retries_or_rejects_a_failed_delete_matching_by_its_error() {
+        let mut host = Scripted::default()
+            .configured("invalidation", "delete-matching")
+            .failing("delete-matching", Error::Unavailable("down".to_owned()));
+        let outcome = handle(&mut host, &event(PAYLOAD_S_STAR_1, 1));
+        assert!(
+            matches!(outcome, Outcome::Retry(Some(DEFAULT_RETRY_BASE_MS))),
+            "{outcome:?}"
+        );
+        let mut host = Scripted::default()
+            .configured("invalidation", "delete-matching")
+            .failing("delete-matching", Error::Denied("outside".to_owned()));
+        let Outcome::Reject(reason) = handle(&mut host, &event(PAYLOAD_S_STAR_1, 1)) else {
+            panic!("a denied call rejects the event");
+        };
+        assert!(
+            reason.starts_with("cache.delete-matching of \"context:S\\\\*1\""),
+            "{reason}"
+        );
+    }
+
+    const PAYLOAD_S_STAR_1: &str = r#"{"story_id": "S*1", "from_phase": "a", "to_phase": "b", "timestamp": "2026-01-01T00:00:00Z"}"#;
 }

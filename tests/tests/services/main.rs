@@ -7,6 +7,8 @@ mod control;
 mod delivery;
 mod differential;
 mod e2e;
+mod graph_batch;
 mod hostile;
 mod reload;
 mod support;
+mod sweep;
