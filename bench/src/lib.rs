@@ -1,5 +1,7 @@
 //! Fixtures shared by the `overhead` benchmark and the `rss` binary.
 //!
+//! - [`native`]: the same handler compiled into the host, for the
+//!   `native` variant of `scripts/bench`.
 //! - [`NativeHost`]: the `story-transitions` [`Host`] trait implemented
 //!   natively over the in-memory backends, so the handler's own logic can
 //!   be timed without the Wasm runtime.
@@ -12,6 +14,10 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark reports by panicking
 
+pub mod native;
+
+use native::host_value;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -20,6 +26,7 @@ use switchyard::backend::memory::{MemoryCache, MemoryGraph};
 use switchyard::backend::{BackendError, Backends, GraphBackend, NodeKey};
 use switchyard::bindings::graph::Value as HostValue;
 use switchyard::capability::HandlerEnv;
+use switchyard::glob::Compiled;
 use switchyard::limits::{Limits, MAX_SCAN_COUNT};
 use switchyard::runtime::{Dispatch, Plugin, Runtime, RuntimeConfig};
 use switchyard_plugin::cache::ScanPage;
@@ -104,17 +111,6 @@ impl NativeHost {
     }
 }
 
-fn host_value(value: &Value) -> HostValue {
-    match value {
-        Value::Null => HostValue::Null,
-        Value::Boolean(b) => HostValue::Boolean(*b),
-        Value::Integer(i) => HostValue::Integer(*i),
-        Value::Float(f) => HostValue::Float(*f),
-        Value::Text(s) => HostValue::Text(s.clone()),
-        Value::TextList(items) => HostValue::TextList(items.clone()),
-    }
-}
-
 fn guest_error(error: BackendError) -> Error {
     let message = error.to_string();
     match error {
@@ -141,6 +137,14 @@ impl Host for NativeHost {
 
     fn delete(&mut self, keys: &[String]) -> Result<u64, Error> {
         Ok(self.cache.unlink(keys))
+    }
+
+    fn delete_matching(&mut self, patterns: &[String]) -> Result<u64, Error> {
+        let compiled: Vec<Compiled> = patterns
+            .iter()
+            .map(|p| Compiled::new(p.as_bytes()))
+            .collect();
+        Ok(self.cache.sweep(&compiled, true).deleted)
     }
 
     fn upsert_entity(

@@ -8,9 +8,17 @@
 //! host-call budget, and always returns a [`Dispatch`]: a trap, a missed
 //! deadline or an exceeded limit becomes a `retry` outcome with the fault
 //! attached, never an error that could take the host down.
+//!
+//! A build may also register [`NativeHandler`]s ([`Runtime::with_natives`]):
+//! handlers compiled into the host, named by a plugin file holding
+//! `native:<name>`. They run under the same capabilities, grants, limits
+//! and deadline, without the sandbox; they exist so a benchmark can weigh
+//! the sandbox. The `switchyard` binary registers none and refuses them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -69,7 +77,28 @@ pub enum LoadError {
     Compile { digest: Digest, reason: String },
     #[error("plugin {digest} does not fit the switchyard:handler/event-handler world: {reason}")]
     WrongWorld { digest: Digest, reason: String },
+    #[error(
+        "plugin {digest} names the native handler `{name}`, which this build does not have (native handlers exist only in benchmark builds)"
+    )]
+    UnknownNative { digest: Digest, name: String },
 }
+
+/// The first bytes of a plugin file that names a native handler.
+pub const NATIVE_PREFIX: &[u8] = b"native:";
+
+/// A handler compiled into the host. It reaches the world only through the
+/// [`HostState`] it is given, exactly as a component does through its
+/// imports, and returns the outcome a component would.
+pub trait NativeHandler: Send + Sync + 'static {
+    fn handle<'a>(
+        &'a self,
+        host: &'a mut HostState,
+        event: &'a Event,
+    ) -> Pin<Box<dyn Future<Output = WitOutcome> + Send + 'a>>;
+}
+
+/// Native handlers by name.
+pub type Natives = BTreeMap<String, Arc<dyn NativeHandler>>;
 
 /// The SHA-256 of a plugin's bytes, which names a version of it.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -108,7 +137,13 @@ impl fmt::Debug for Digest {
 pub struct Plugin {
     digest: Digest,
     size: usize,
-    pre: EventHandlerPre<HostState>,
+    code: Code,
+}
+
+/// What runs an event: a component, or a handler compiled in.
+enum Code {
+    Wasm(EventHandlerPre<HostState>),
+    Native(Arc<dyn NativeHandler>),
 }
 
 impl Plugin {
@@ -234,6 +269,7 @@ pub struct Runtime {
     /// slot instead of failing to instantiate when every slot is taken.
     slots: tokio::sync::Semaphore,
     ticker_stop: Arc<AtomicBool>,
+    natives: Natives,
 }
 
 impl Runtime {
@@ -284,7 +320,14 @@ impl Runtime {
             compiled: Mutex::new(HashMap::new()),
             slots: tokio::sync::Semaphore::new(slots as usize),
             ticker_stop,
+            natives: Natives::new(),
         })
+    }
+
+    /// This runtime with `natives` registered, for `native:<name>` plugins.
+    pub fn with_natives(mut self, natives: Natives) -> Self {
+        self.natives = natives;
+        self
     }
 
     /// How many distinct components have been compiled and kept.
@@ -310,6 +353,17 @@ impl Runtime {
     /// compiled again. CPU-heavy: call it off the async executor.
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<Plugin>, LoadError> {
         let digest = Digest::of(bytes);
+        if let Some(name) = bytes.strip_prefix(NATIVE_PREFIX) {
+            let name = String::from_utf8_lossy(name).trim().to_owned();
+            let Some(native) = self.natives.get(&name) else {
+                return Err(LoadError::UnknownNative { digest, name });
+            };
+            return Ok(Arc::new(Plugin {
+                digest,
+                size: bytes.len(),
+                code: Code::Native(native.clone()),
+            }));
+        }
         let component = self.compile(&digest, bytes)?;
         let pre = self
             .linker
@@ -322,7 +376,7 @@ impl Runtime {
         Ok(Arc::new(Plugin {
             digest,
             size: bytes.len(),
-            pre,
+            code: Code::Wasm(pre),
         }))
     }
 
@@ -363,44 +417,12 @@ impl Runtime {
         // The semaphore is never closed.
         let _slot = self.slots.acquire().await.ok();
         let started = Instant::now();
-        let limits = env.limits.clone();
         let state = HostState::new(env.clone(), event.subject.clone(), event.stream_sequence);
         let output = state.output.clone();
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| state.limiter());
-
-        // The callback runs every epoch tick while the guest executes: it
-        // traps once the deadline has passed and otherwise yields, so a busy
-        // guest does not hold an executor thread for the whole deadline.
-        let deadline_at = started + limits.deadline;
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline_at {
-                Err(Trap::Interrupt.into())
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
-
-        let run = async {
-            let instance = plugin
-                .pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(|e| Fault::Instantiate(format!("{e:#}")))?;
-            instance
-                .call_handle(&mut store, &event)
-                .await
-                .map_err(|e| classify(&e, &limits))
+        let (result, effects) = match &plugin.code {
+            Code::Wasm(pre) => self.run_wasm(pre, state, &event, started).await,
+            Code::Native(native) => run_native(native.as_ref(), state, &event).await,
         };
-        // The epoch only fires while guest code runs; this catches time
-        // spent inside a host call that does not return.
-        let result = match tokio::time::timeout(limits.deadline, run).await {
-            Ok(result) => result,
-            Err(_) => Err(Fault::Deadline(limits.deadline)),
-        };
-        let effects = store.data().effects.clone();
-        drop(store);
         let output = String::from_utf8_lossy(&output.contents()).into_owned();
 
         let (outcome, fault) = match result {
@@ -418,6 +440,64 @@ impl Runtime {
             output,
         }
     }
+
+    /// One event on a fresh instance of a component.
+    async fn run_wasm(
+        &self,
+        pre: &EventHandlerPre<HostState>,
+        state: HostState,
+        event: &Event,
+        started: Instant,
+    ) -> (Result<WitOutcome, Fault>, Effects) {
+        let limits = state.env.limits.clone();
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| state.limiter());
+
+        // The callback runs every epoch tick while the guest executes: it
+        // traps once the deadline has passed and otherwise yields, so a busy
+        // guest does not hold an executor thread for the whole deadline.
+        let deadline_at = started + limits.deadline;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline_at {
+                Err(Trap::Interrupt.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let run = async {
+            let instance = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| Fault::Instantiate(format!("{e:#}")))?;
+            instance
+                .call_handle(&mut store, event)
+                .await
+                .map_err(|e| classify(&e, &limits))
+        };
+        // The epoch only fires while guest code runs; this catches time
+        // spent inside a host call that does not return.
+        let result = match tokio::time::timeout(limits.deadline, run).await {
+            Ok(result) => result,
+            Err(_) => Err(Fault::Deadline(limits.deadline)),
+        };
+        (result, store.into_data().effects)
+    }
+}
+
+/// One event on a handler compiled in, under the same deadline.
+async fn run_native(
+    native: &dyn NativeHandler,
+    mut state: HostState,
+    event: &Event,
+) -> (Result<WitOutcome, Fault>, Effects) {
+    let deadline = state.env.limits.deadline;
+    let result = match tokio::time::timeout(deadline, native.handle(&mut state, event)).await {
+        Ok(outcome) => Ok(outcome),
+        Err(_) => Err(Fault::Deadline(deadline)),
+    };
+    (result, state.effects)
 }
 
 fn classify(error: &wasmtime::Error, limits: &Limits) -> Fault {

@@ -27,7 +27,7 @@ use crate::grant::Grants;
 use crate::handler::Handler;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::runtime::{Plugin, Runtime, RuntimeConfig};
+use crate::runtime::{Natives, Plugin, Runtime, RuntimeConfig};
 
 /// Runs the service until `shutdown` is cancelled.
 pub async fn run(
@@ -35,10 +35,22 @@ pub async fn run(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_with(config, health, shutdown, Natives::new()).await
+}
+
+/// [`run`] with handlers compiled in, for `native:<name>` plugins (a
+/// benchmark build).
+pub async fn run_with(
+    config: Config,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+    natives: Natives,
+) -> anyhow::Result<()> {
     let runtime = Runtime::new(RuntimeConfig {
         max_instances: config.runtime.max_instances,
         ..RuntimeConfig::default()
-    })?;
+    })?
+    .with_natives(natives);
     let runtime = Arc::new(runtime);
     let metrics = Arc::new(Metrics::new());
     if !config.http.listen.is_empty() {
