@@ -19,6 +19,7 @@ const ARTIFACTS: &[(&str, &str, &str)] = &[
     ("guest-hostile", "guest_hostile", "HOSTILE"),
     ("guest-wrong-world", "guest_wrong_world", "WRONG_WORLD"),
     ("guest-recorder", "guest_recorder", "RECORDER"),
+    ("guest-v010", "guest_v010", "V010"),
 ];
 
 fn main() {

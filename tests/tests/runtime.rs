@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use switchyard::runtime::{Fault, LoadError, Runtime, RuntimeConfig};
 use switchyard_testing::{Harness, Limits, Outcome};
-use switchyard_tests::artifacts::{HOSTILE, WRONG_WORLD};
+use switchyard_tests::artifacts::{HOSTILE, V010, WRONG_WORLD};
 
 const SUBJECT: &str = "test.hostile";
 
@@ -285,4 +285,21 @@ graph_labels = ["PhaseTransition"]"#,
         refused.contains("fixture 1") && refused.contains("denied"),
         "{refused}"
     );
+}
+
+/// A plugin built against `switchyard:handler@0.1.0`, before
+/// `delete-matching` existed, loads on this host and runs unchanged: its
+/// scans, deletes, graph writes and logs all reach their capabilities.
+#[test]
+fn a_plugin_built_against_contract_0_1_0_runs_unchanged() {
+    let mut guest = Harness::load(V010)
+        .config("prefix", "context:S1")
+        .start();
+    guest.seed_keys(["context:S1", "context:S1:dev", "context:S2"]);
+    guest
+        .send_raw("planning.story.transitioned", "{}")
+        .assert_ack()
+        .assert_deleted(2);
+    guest.assert_keys(["context:S2"]);
+    guest.assert_node("Seen", "planning.story.transitioned");
 }
