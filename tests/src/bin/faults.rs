@@ -186,7 +186,8 @@ impl Host {
             .arg(config)
             .env("SWITCHYARD_HTTP__LISTEN", &listen)
             .env("SWITCHYARD_LOG_FORMAT", "json")
-            .env("SWITCHYARD_LOG", "info")
+            // `event handled` is a debug line of the settle step.
+            .env("SWITCHYARD_LOG", "info,switchyard::delivery::settle=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
