@@ -8,6 +8,10 @@
 //!   backends (instantiate + handle).
 //! - `wasm_noop`: the `guest-hostile` test component with payload `ok`,
 //!   which acks without any host call (instantiate + call, nothing else).
+//! - `wasm_noop_pages_returned`: the same with pooled memories given back
+//!   to the kernel after each instance (`keep_resident_bytes = 0`), as
+//!   before the runtime reset them in place: the next instance faults its
+//!   pages back in.
 //!
 //! Every story-transition iteration gets a freshly seeded cache holding the
 //! keys the event deletes, built in `iter_batched`'s setup (not timed), so
@@ -37,6 +41,7 @@ const GROUP: &str = "per_event";
 const NATIVE: &str = "native_story_transition";
 const WASM: &str = "wasm_story_transition";
 const NOOP: &str = "wasm_noop";
+const NOOP_RETURNED: &str = "wasm_noop_pages_returned";
 const NOOP_SUBJECT: &str = "bench.noop";
 
 fn output_directory() -> PathBuf {
@@ -83,6 +88,7 @@ fn bench(c: &mut Criterion) {
     let tokio = tokio_runtime();
     let stories = WasmFixture::load(STORY_TRANSITIONS);
     let hostile = WasmFixture::load(HOSTILE);
+    let returned = WasmFixture::load_with(HOSTILE, 0);
     let native_graph = MemoryGraph::default();
     check(&tokio, &native_graph, &stories, &hostile);
 
@@ -125,6 +131,14 @@ fn bench(c: &mut Criterion) {
         );
     });
 
+    group.bench_function(NOOP_RETURNED, |b| {
+        b.iter_batched(
+            || wasm_event(NOOP_SUBJECT, b"ok"),
+            |event| tokio.block_on(returned.dispatch(&returned.env, event)),
+            BatchSize::SmallInput,
+        );
+    });
+
     group.finish();
 }
 
@@ -155,10 +169,16 @@ fn summary(directory: &Path) {
     let native = estimate_ns(directory, NATIVE);
     let wasm = estimate_ns(directory, WASM);
     let noop = estimate_ns(directory, NOOP);
+    let returned = estimate_ns(directory, NOOP_RETURNED);
     println!();
     println!("| benchmark | time per event |");
     println!("|---|---|");
-    for (name, value) in [(NATIVE, native), (WASM, wasm), (NOOP, noop)] {
+    for (name, value) in [
+        (NATIVE, native),
+        (WASM, wasm),
+        (NOOP, noop),
+        (NOOP_RETURNED, returned),
+    ] {
         if let Some(ns) = value {
             println!("| `{name}` | {} |", human(ns));
         }
@@ -178,6 +198,17 @@ fn summary(directory: &Path) {
             "| wasm_story_transition - wasm_noop | {} |",
             human(wasm - noop)
         );
+    }
+    if let (Some(noop), Some(returned)) = (noop, returned) {
+        println!(
+            "| ratio wasm_noop_pages_returned / wasm_noop | {:.2}x |",
+            returned / noop
+        );
+    }
+    if let (Some(native), Some(wasm)) = (native, wasm) {
+        // What the sandbox adds to one event: the same logic on the same
+        // backends, minus the native run.
+        println!("| sandbox_overhead_us | {:.2} |", (wasm - native) / 1_000.0);
     }
 }
 

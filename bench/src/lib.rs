@@ -208,8 +208,15 @@ impl WasmFixture {
     /// Loads the component at `path` into a runtime sized as `Isolation`
     /// sizes it (16 instance slots), with the default handler limits.
     pub fn load(path: &str) -> Self {
+        Self::load_with(path, RuntimeConfig::default().keep_resident_bytes)
+    }
+
+    /// [`WasmFixture::load`] with pooled memories reset in place up to
+    /// `keep_resident_bytes` (0: every page given back to the kernel).
+    pub fn load_with(path: &str, keep_resident_bytes: usize) -> Self {
         let runtime = Runtime::new(RuntimeConfig {
             max_instances: 16,
+            keep_resident_bytes,
             ..RuntimeConfig::default()
         })
         .expect("start the Wasm runtime");

@@ -14,10 +14,8 @@ wit_bindgen::generate!({
     path: "wit",
 });
 
-use switchyard::handler::event::Event;
 use switchyard::handler::graph::Value;
 use switchyard::handler::log::Level;
-use switchyard::handler::outcome::Outcome;
 use switchyard::handler::{cache, config, graph, log};
 
 struct V010;
