@@ -32,6 +32,10 @@ pub fn escape_glob(literal: &str) -> String {
     escaped
 }
 
+/// The longest key or pattern a host accepts, in bytes (the contract's
+/// limit on `scan`, `delete` and `delete-matching` arguments).
+pub const MAX_KEY_BYTES: usize = 4096;
+
 /// The cache keys of one story.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoryKeys {
@@ -52,6 +56,20 @@ impl StoryKeys {
             child_prefix,
             pattern,
         }
+    }
+
+    /// Whether every key and pattern of the story fits the host's limit;
+    /// otherwise the reason, naming the longest. Escaping can double an
+    /// id's length, so an id well under the limit can still exceed it.
+    pub fn check_lengths(&self) -> Result<(), String> {
+        let longest = self.pattern.len().max(self.bare.len());
+        if longest > MAX_KEY_BYTES {
+            return Err(format!(
+                "story id too long: its cache pattern would be {longest} bytes (key {} bytes), over the {MAX_KEY_BYTES}-byte limit of a key or pattern",
+                self.bare.len()
+            ));
+        }
+        Ok(())
     }
 
     /// The bare key, `<prefix><story_id>`, deleted by name.

@@ -246,7 +246,18 @@ pub fn handle(host: &mut impl Host, event: &Event) -> Outcome {
     };
     let settings = Settings::load(host);
     let node_id = transition.node_id();
-    match apply(host, &settings, &transition, &node_id) {
+    let keys = StoryKeys::new(&settings.key_prefix, &transition.story_id);
+    // Everything the effects need is checked before the first one, so an
+    // event is either handled or rejected with nothing done.
+    if let Err(reason) = keys.check_lengths() {
+        host.log(
+            Level::Warn,
+            "rejected event",
+            &fields(&[("reason", reason.clone())]),
+        );
+        return Outcome::Reject(reason);
+    }
+    match apply(host, &settings, &transition, &node_id, &keys) {
         Ok(keys_deleted) => {
             host.log(
                 Level::Info,
@@ -275,6 +286,7 @@ fn apply(
     settings: &Settings,
     transition: &Transition,
     node_id: &str,
+    keys: &StoryKeys,
 ) -> Result<u64, Failure> {
     let properties = vec![
         (
@@ -296,10 +308,9 @@ fn apply(
             call: format!("graph.upsert-entity of {NODE_LABEL} {}", quote(node_id)),
             error,
         })?;
-    let keys = StoryKeys::new(&settings.key_prefix, &transition.story_id);
     match settings.invalidation {
-        Invalidation::DeleteMatching => delete_matching(host, &keys),
-        Invalidation::Scan => invalidate(host, &keys),
+        Invalidation::DeleteMatching => delete_matching(host, keys),
+        Invalidation::Scan => invalidate(host, keys),
     }
 }
 
@@ -801,6 +812,40 @@ mod tests {
             panic!()
         };
         assert_eq!(reason, "missing `story_id`");
+    }
+
+    #[test]
+    fn rejects_an_id_whose_escaped_pattern_exceeds_the_key_limit_before_any_effect() {
+        // 2,100 bytes of id, 4,200 once escaped: under the limit as a key,
+        // over it as a pattern.
+        let story_id = "*".repeat(2_100);
+        let payload = format!(r#"{{"story_id":"{story_id}","timestamp":"t"}}"#);
+        for invalidation in ["delete-matching", "scan"] {
+            let mut host = Scripted::default().configured("invalidation", invalidation);
+            let Outcome::Reject(reason) = handle(&mut host, &event(&payload, 1)) else {
+                panic!("{invalidation}: not rejected")
+            };
+            assert!(reason.contains("over the 4096-byte limit"), "{reason}");
+            assert!(
+                host.effect_calls().is_empty(),
+                "{invalidation}: effects before the reject: {:?}",
+                host.calls
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_a_story_id_with_the_separator_before_any_effect() {
+        let mut host = Scripted::default().existing(&["context:S-1:dev", "context:S-1:dev:x"]);
+        let outcome = handle(
+            &mut host,
+            &event(r#"{"story_id":"S-1:dev","timestamp":"t"}"#, 1),
+        );
+        let Outcome::Reject(reason) = outcome else {
+            panic!("not rejected: {outcome:?}")
+        };
+        assert!(reason.contains("contains `:`"), "{reason}");
+        assert!(host.effect_calls().is_empty(), "{:?}", host.calls);
     }
 
     #[test]

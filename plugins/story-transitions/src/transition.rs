@@ -19,12 +19,16 @@
 //! - `event_type`, where present, must be one of [`EVENT_TYPES`].
 //! - `story_id` must be a non-empty string. In an envelope it is read from
 //!   `payload.story_id`, or from the envelope's own `story_id`; if both are
-//!   present they must be equal.
+//!   present they must be equal. It may not contain `:` ([`SEPARATOR`]):
+//!   the story's keys are `<prefix><story_id>` and `<prefix><story_id>:…`
+//!   and its node id `<story_id>:<timestamp>`, so an id `S-1:dev` would
+//!   share keys with story `S-1` and could share a node id with it.
 //! - `from_phase`/`from_state` (and `to_phase`/`to_state`) are synonyms: a
 //!   string, `null` or absent. If both names carry a string they must be
 //!   equal, and so must the inner and outer values of an envelope.
-//! - `timestamp` must be a non-empty string or a number; numbers are kept in
-//!   their JSON spelling (`1700000000000`, `1.5`). An envelope's inner
+//! - `timestamp` must be a non-empty string or a number; numbers are kept
+//!   exactly as the payload spells them (`1700000000000`, `1.5`, `1E2`,
+//!   `18446744073709551617`): two spellings are two timestamps. An envelope's inner
 //!   timestamp wins; a missing or `null` one falls back to the envelope's.
 //!   With no timestamp at all the event is rejected: the graph node id is
 //!   `<story_id>:<timestamp>`, and inventing a timestamp (from the broker's
@@ -44,6 +48,11 @@
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// What separates a story id from the rest of its cache keys and node id.
+/// An id holding it is rejected: `S-1` would own `S-1:dev`'s keys.
+pub const SEPARATOR: char = ':';
 
 /// The `event_type` values a transition may carry, at either level.
 pub const EVENT_TYPES: [&str; 2] = ["story.transitioned", "planning.story.transitioned"];
@@ -128,6 +137,8 @@ pub enum Rejection {
     MissingStoryId { field: String },
     /// `story_id` is `""`.
     EmptyStoryId { field: String },
+    /// `story_id` holds the separator of the keys and node ids built from it.
+    SeparatorInStoryId { field: String, value: String },
     /// No `timestamp` anywhere it may be (or only `null`).
     MissingTimestamp { field: String },
     /// `timestamp` is `""`.
@@ -183,6 +194,11 @@ impl fmt::Display for Rejection {
             ),
             Self::MissingStoryId { field } => write!(f, "missing `{field}`"),
             Self::EmptyStoryId { field } => write!(f, "field `{field}` is empty"),
+            Self::SeparatorInStoryId { field, value } => write!(
+                f,
+                "field `{field}` ({}) contains `{SEPARATOR}`, the separator of a story's cache keys (`<prefix><story_id>{SEPARATOR}<part>`) and node ids (`<story_id>{SEPARATOR}<timestamp>`): its keys and node would be another story's",
+                quote(value)
+            ),
             Self::MissingTimestamp { field } => write!(
                 f,
                 "missing `{field}`: a transition needs a timestamp to name its PhaseTransition node"
@@ -327,6 +343,10 @@ fn story_id(fields: &Fields, prefix: &str) -> Result<Found, Rejection> {
     match &fields.story_id {
         None => Ok(None),
         Some(Raw::String(id)) if id.is_empty() => Err(Rejection::EmptyStoryId { field }),
+        Some(Raw::String(id)) if id.contains(SEPARATOR) => Err(Rejection::SeparatorInStoryId {
+            field,
+            value: id.clone(),
+        }),
         Some(Raw::String(id)) => Ok(Some((field, id.clone()))),
         Some(other) => Err(Rejection::WrongType {
             field,
@@ -368,6 +388,7 @@ fn timestamp(fields: &Fields, prefix: &str) -> Result<Option<String>, Rejection>
         Some(Raw::String(ts)) if ts.is_empty() => Err(Rejection::EmptyTimestamp { field }),
         Some(Raw::String(ts)) => Ok(Some(ts.clone())),
         Some(Raw::Number(n)) => Ok(Some(n.to_string())),
+        Some(Raw::NumberText(n)) => Ok(Some(n.clone())),
         Some(other) => Err(Rejection::WrongType {
             field,
             expected: "a string or a number",
@@ -439,6 +460,8 @@ enum Raw {
     Null,
     Boolean,
     Number(serde_json::Number),
+    /// A number exactly as the payload spells it (`1E2`, `18446744073709551617`).
+    NumberText(String),
     String(String),
     Array,
     Object,
@@ -449,7 +472,7 @@ impl Raw {
         match self {
             Self::Null => JsonType::Null,
             Self::Boolean => JsonType::Boolean,
-            Self::Number(_) => JsonType::Number,
+            Self::Number(_) | Self::NumberText(_) => JsonType::Number,
             Self::String(_) => JsonType::String,
             Self::Array => JsonType::Array,
             Self::Object => JsonType::Object,
@@ -596,7 +619,11 @@ impl<'de> FieldsVisitor {
                     continue;
                 }
             };
-            let value = map.next_value::<Raw>()?;
+            let value = if name == "timestamp" {
+                spelled(map.next_value::<Box<RawValue>>()?)?
+            } else {
+                map.next_value::<Raw>()?
+            };
             if slot.is_some() {
                 fields.duplicate.get_or_insert(name);
             } else {
@@ -604,6 +631,18 @@ impl<'de> FieldsVisitor {
             }
         }
         Ok(fields)
+    }
+}
+
+/// A timestamp's value with a number kept as spelled: two spellings are two
+/// timestamps (`1E2` is not `100`, and 2^64 is not 2^64 + 1), since each
+/// names a node.
+fn spelled<E: de::Error>(raw: Box<RawValue>) -> Result<Raw, E> {
+    let text = raw.get();
+    if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        Ok(Raw::NumberText(text.to_owned()))
+    } else {
+        serde_json::from_str::<Raw>(text).map_err(E::custom)
     }
 }
 
@@ -786,7 +825,38 @@ mod tests {
     }
 
     #[test]
-    fn normalises_numeric_timestamps_to_their_json_spelling() {
+    fn keeps_numeric_timestamps_as_spelled() {
+        assert_eq!(ok(r#"{"story_id":"S","timestamp":1E2}"#).timestamp, "1E2");
+        assert_eq!(
+            ok(r#"{"story_id":"S","timestamp": 1e-7 }"#).timestamp,
+            "1e-7"
+        );
+        let two_64 = ok(r#"{"story_id":"S","timestamp":18446744073709551616}"#);
+        let two_64_plus_1 = ok(r#"{"story_id":"S","timestamp":18446744073709551617}"#);
+        assert_eq!(two_64.timestamp, "18446744073709551616");
+        assert_eq!(two_64_plus_1.timestamp, "18446744073709551617");
+        assert_ne!(two_64.node_id(), two_64_plus_1.node_id());
+    }
+
+    #[test]
+    fn rejects_a_story_id_holding_the_key_separator() {
+        for payload in [
+            r#"{"story_id":"S-1:dev","timestamp":"t"}"#,
+            r#"{"payload":{"story_id":":"},"timestamp":"t"}"#,
+        ] {
+            let reason = parse(payload.as_bytes())
+                .err()
+                .map(|r| r.to_string())
+                .unwrap_or_default();
+            assert!(
+                reason.contains("contains `:`") && reason.contains("another story's"),
+                "{payload}: {reason}"
+            );
+        }
+    }
+
+    #[test]
+    fn keeps_numeric_timestamps_in_their_json_spelling() {
         assert_eq!(
             ok(r#"{"story_id":"S","timestamp":1700000000000}"#).timestamp,
             "1700000000000"
@@ -827,7 +897,6 @@ mod tests {
             "a?b",
             "[x]",
             "back\\slash",
-            "with:colon",
             "ñandú 🦀",
             " padded ",
         ] {
