@@ -408,8 +408,8 @@ graph_labels = ["PhaseTransition"]
 """
 
 
-def command(point: Point, services: Services, work: Path) -> tuple[list[str], int | None]:
-    """The variant's command line, and its metrics port when it has one."""
+def command(point: Point, services: Services, work: Path) -> list[str]:
+    """The variant's command line."""
     if point.variant.startswith("python-"):
         mode = point.variant.removeprefix("python-")
         neo4j = services.neo4j_url if point.graph == "neo4j" else "none"
@@ -418,8 +418,7 @@ def command(point: Point, services: Services, work: Path) -> tuple[list[str], in
             "--nats-url", services.nats_url, "--stream", point.stream,
             "--durable", DURABLE, "--subject", point.subject,
             "--redis-url", services.redis_url, "--neo4j-url", neo4j,
-        ], None
-    port = free_port()
+        ]
     if point.variant == "native":
         plugin = work / "story-transitions.native"
         plugin.write_text("native:story-transitions")
@@ -428,8 +427,8 @@ def command(point: Point, services: Services, work: Path) -> tuple[list[str], in
         plugin = PLUGIN
         binary = SWITCHYARD
     config = work / f"{point.stream}.toml"
-    config.write_text(config_toml(point, services, str(plugin), port))
-    return [str(binary), "serve", "--config", str(config)], port
+    config.write_text(config_toml(point, services, str(plugin), free_port()))
+    return [str(binary), "serve", "--config", str(config)]
 
 
 def skipped(variant: str) -> str | None:
@@ -441,25 +440,6 @@ def skipped(variant: str) -> str | None:
         if not PLUGIN.exists():
             return f"{PLUGIN.relative_to(ROOT)} is not built"
     return None
-
-
-async def scrape_scanned(port: int | None) -> float | None:
-    """switchyard_cache_keys_scanned_total from the host's /metrics."""
-    if port is None:
-        return None
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2)
-        writer.write(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        await writer.drain()
-        body = (await asyncio.wait_for(reader.read(), 5)).decode(errors="replace")
-        writer.close()
-    except (OSError, asyncio.TimeoutError):
-        return None
-    total = 0.0
-    for line in body.splitlines():
-        if line.startswith("switchyard_cache_keys_scanned_total"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 class Run:
@@ -542,7 +522,7 @@ class Run:
                     await asyncio.sleep(0.001)
         await publisher.wait_pubacks(point.events)
 
-        argv, port = command(point, self.services, self.services.work)
+        argv = command(point, self.services, self.services.work)
         log_path = self.services.work / f"{point.stream}-{point.variant}.log"
         with open(log_path, "wb") as log_file:
             started = time.monotonic()
@@ -558,9 +538,6 @@ class Run:
             if left != expected:
                 log(f"  {point.variant}: {left} story keys left after the drain, {expected} expected")
             await self._latency_runs(point, result, watch, publisher)
-            scanned = await scrape_scanned(port)
-            if scanned is not None and watch.acked:
-                result["keys_scanned_per_event"] = round(scanned / len(watch.acked), 1)
             result["rss_mib"] = peak_rss_mib(proc.pid)
         finally:
             await stop(proc)
