@@ -17,7 +17,7 @@ use crate::glob::Compiled;
 use crate::limits::{MAX_DELETE_KEYS, MAX_KEY_BYTES, MAX_SCAN_COUNT};
 
 impl Host for HostState {
-    #[instrument(skip(self), fields(handler = %self.env.name, backend = self.env.backends.cache.kind()))]
+    #[instrument(level = "debug", skip(self), fields(handler = %self.env.name, backend = self.env.backends.cache.kind()))]
     async fn scan(
         &mut self,
         pattern: String,
@@ -49,7 +49,7 @@ impl Host for HostState {
         }
     }
 
-    #[instrument(skip(self, keys), fields(handler = %self.env.name, backend = self.env.backends.cache.kind(), keys = keys.len()))]
+    #[instrument(level = "debug", skip(self, keys), fields(handler = %self.env.name, backend = self.env.backends.cache.kind(), keys = keys.len()))]
     async fn delete(&mut self, keys: Vec<String>) -> wasmtime::Result<Result<u64, WitError>> {
         self.charge_call()?;
         if keys.len() > MAX_DELETE_KEYS {
@@ -84,7 +84,7 @@ impl Host for HostState {
         }
     }
 
-    #[instrument(skip(self, patterns), fields(handler = %self.env.name, backend = self.env.backends.cache.kind(), patterns = patterns.len()))]
+    #[instrument(level = "debug", skip(self, patterns), fields(handler = %self.env.name, backend = self.env.backends.cache.kind(), patterns = patterns.len()))]
     async fn delete_matching(
         &mut self,
         patterns: Vec<String>,

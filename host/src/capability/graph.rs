@@ -59,7 +59,7 @@ impl HostState {
 }
 
 impl Host for HostState {
-    #[instrument(skip(self, properties), fields(handler = %self.env.name, backend = self.env.backends.graph.kind()))]
+    #[instrument(level = "debug", skip(self, properties), fields(handler = %self.env.name, backend = self.env.backends.graph.kind()))]
     async fn upsert_entity(
         &mut self,
         label: String,
@@ -89,7 +89,7 @@ impl Host for HostState {
         }
     }
 
-    #[instrument(skip(self, source, target, properties), fields(handler = %self.env.name, backend = self.env.backends.graph.kind()))]
+    #[instrument(level = "debug", skip(self, source, target, properties), fields(handler = %self.env.name, backend = self.env.backends.graph.kind()))]
     async fn upsert_relation(
         &mut self,
         source: NodeRef,

@@ -27,6 +27,17 @@ impl Host for HostState {
         fields: Vec<(String, String)>,
     ) -> wasmtime::Result<()> {
         self.charge_call()?;
+        let enabled = match level {
+            Level::Trace => tracing::enabled!(target: "switchyard::plugin", tracing::Level::TRACE),
+            Level::Debug => tracing::enabled!(target: "switchyard::plugin", tracing::Level::DEBUG),
+            Level::Info => tracing::enabled!(target: "switchyard::plugin", tracing::Level::INFO),
+            Level::Warn => tracing::enabled!(target: "switchyard::plugin", tracing::Level::WARN),
+            Level::Error => tracing::enabled!(target: "switchyard::plugin", tracing::Level::ERROR),
+        };
+        // A record no subscriber wants costs its call and nothing more.
+        if !enabled {
+            return Ok(());
+        }
         let message = truncate(message);
         let fields = truncate(
             fields
