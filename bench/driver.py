@@ -60,6 +60,7 @@ PHASES = ("dev", "review")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_MIB = 1 / 1024  # VmHWM is in KiB
 
+BEHIND_SECS = 1.0  # a rate run whose last ack comes later than this after its last publish fell behind
 ROW_RATE = 1000  # the rows' latency comes from this publish rate
 MAIN_VARIANTS = ("wasm", "native", "python-seed", "python-tuned")
 SCALE_VARIANTS = ("wasm-scan", "wasm")
@@ -88,8 +89,8 @@ class Profile:
                 events=2000,
                 rates=[200, 1000],
                 rate_secs=3,
-                settle_secs=4,
-                cap_secs=10,
+                settle_secs=3,
+                cap_secs=8,
                 memory_graph=False,
                 memory_graph_rates=[],
                 keyspaces=[1000, 100_000],
@@ -535,8 +536,8 @@ class Run:
             # Correctness: the story keys of every acked event must be gone.
             left, expected = await self._settle(point, watch, publisher, range(point.events))
             result["keys_left"], result["keys_left_expected"] = left, expected
-            if left != expected:
-                log(f"  {point.variant}: {left} story keys left after the drain, {expected} expected")
+            if left > expected:
+                log(f"  {point.variant}: {left} story keys left after the drain, only {expected} expected")
             await self._latency_runs(point, result, watch, publisher)
             result["rss_mib"] = peak_rss_mib(proc.pid)
         finally:
@@ -635,7 +636,7 @@ class Run:
         saturated_at = None
         for rate in point.rates:
             if saturated_at is not None and rate != ROW_RATE:
-                runs.append({"rate": rate, "skipped": f"saturated at {saturated_at} events/s"})
+                runs.append({"rate": rate, "skipped": f"not keeping up at {saturated_at} events/s"})
                 continue
             count = int(rate * profile.rate_secs)
             first = next_index
@@ -654,7 +655,8 @@ class Run:
                         await publisher.publish(first + k, payload(first + k, base))
                         k += 1
                 await asyncio.sleep(max(0.0, t0 + k / rate - time.monotonic()))
-            published_s = time.monotonic() - t0
+            last_publish = time.monotonic()
+            published_s = last_publish - t0
             await publisher.wait_pubacks(publisher.sent, timeout=10)
             end = time.monotonic() + profile.settle_secs
             while time.monotonic() < end:
@@ -673,6 +675,10 @@ class Run:
                     unacked += 1
                     latencies.append((waited_until - sent_at[i]) * 1000)
             latencies.sort()
+            # All acked, but long after the last publish: the consumer fell
+            # behind during the run and caught up afterwards.
+            last_ack = max((watch.acked.get(publisher.seq_of.get(i), 0.0) for i in stories), default=0.0)
+            behind = not unacked and last_ack - last_publish > BEHIND_SECS
             run = {
                 "rate": rate,
                 "sent": count,
@@ -686,14 +692,18 @@ class Run:
             run["keys_left"], run["keys_left_expected"] = left, expected
             if unacked:
                 run["saturated"] = True
+            if behind:
+                run["behind"] = True
+            if unacked or behind:
                 saturated_at = saturated_at or rate
             runs.append(run)
             log(
                 f"  {point.variant} @ {rate}/s: p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, "
                 f"p99.9 {run['p999_ms']} ms"
                 + (f" (saturated: {unacked} of {count} not acked in time)" if unacked else "")
+                + (f" (behind: the last ack came {last_ack - last_publish:.1f}s after the last publish)" if behind else "")
             )
-            if left != expected:
+            if left > expected:
                 log(f"  {point.variant} @ {rate}/s: {left} story keys left, {expected} expected")
         result["latency"] = runs
 
@@ -763,6 +773,8 @@ def row(result: dict, rate: int = ROW_RATE) -> dict:
             out[key] = result[key]
     if at.get("saturated"):
         out["latency_saturated"] = True
+    elif at.get("behind"):
+        out["latency_behind"] = True
     if result.get("capped"):
         out["capped"] = True
     return out
@@ -774,7 +786,10 @@ def ratio(a: dict | None, b: dict | None) -> float | None:
     return round(x / y, 2) if x and y else None
 
 
-def assemble(profile: Profile, quick: bool, main: list[dict], memory: list[dict], scale: list[dict], started: float) -> dict:
+def assemble(
+    profile: Profile, quick: bool, main: list[dict], memory: list[dict], scale: list[dict],
+    started: float, fsync: str,
+) -> dict:
     by_variant = {r["variant"]: r for r in main}
     overhead = sandbox_overhead()
     return {
@@ -793,7 +808,9 @@ def assemble(profile: Profile, quick: bool, main: list[dict], memory: list[dict]
                 "keyspace": r["keyspace"],
                 "events_per_s": r.get("events_per_s"),
                 "p99_ms": next((x.get("p99_ms") for x in r.get("latency", []) if "p99_ms" in x), None),
+                **({"p99_saturated": True} if any(x.get("saturated") for x in r.get("latency", [])) else {}),
                 **({"capped": True} if r.get("capped") else {}),
+                **({"naks": r["naks"]} if r.get("naks") else {}),
                 **({k: r[k] for k in ("skipped", "error") if k in r}),
             }
             for r in scale
@@ -829,6 +846,7 @@ def assemble(profile: Profile, quick: bool, main: list[dict], memory: list[dict]
             "scale_graph": "memory",
             "ratios": "events_per_s of wasm divided by that of the other variant",
             "keyspace": "background keys context:bg<i>:part; each event's story adds 1 to 3 keys on top",
+            "valkey_appendfsync": fsync,
         },
         "sandbox_overhead": overhead,
         "points": main + memory + scale,
@@ -850,7 +868,8 @@ def fmt(value, digits: int | None = None) -> str:
 def markdown(results: dict) -> str:
     out = ["# End-to-end benchmark results", "", f"Machine: {results['machine']}", ""]
     out += [f"Started {results['started_at']}, took {results['duration_s']} s"
-            + (" (quick)" if results["workload"]["quick"] else "") + ".", ""]
+            + (" (quick)" if results["workload"]["quick"] else "")
+            + f"; Valkey appendfsync {results['workload']['valkey_appendfsync']}.", ""]
 
     def rows_table(rows: list[dict]) -> list[str]:
         lines = [
@@ -863,6 +882,8 @@ def markdown(results: dict) -> str:
                 notes.append("drain hit the time cap")
             if r.get("latency_saturated"):
                 notes.append("not keeping up at 1,000/s: latencies are lower bounds")
+            elif r.get("latency_behind"):
+                notes.append("fell behind at 1,000/s")
             name = r["variant"] + (f" ({'; '.join(notes)})" if notes else "")
             lines.append(
                 f"| {name} | {fmt(r['events_per_s'])} | {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | "
@@ -890,7 +911,10 @@ def markdown(results: dict) -> str:
                 "| variant | graph | rate /s | achieved /s | p50 ms | p99 ms | p99.9 ms | note |",
                 "|---|---|---:|---:|---:|---:|---:|---|"]
         for x in results["latency"]:
-            note = x.get("skipped") or ("saturated: lower bounds" if x.get("saturated") else "")
+            note = x.get("skipped") or (
+                "saturated: lower bounds" if x.get("saturated")
+                else "behind: the backlog grew during the run" if x.get("behind") else ""
+            )
             out.append(
                 f"| {x['variant']} | {x['graph']} | {fmt(x['rate'])} | {fmt(x.get('achieved_rate'))} | "
                 f"{fmt(x.get('p50_ms'))} | {fmt(x.get('p99_ms'))} | {fmt(x.get('p999_ms'))} | {note} |"
@@ -908,7 +932,12 @@ def markdown(results: dict) -> str:
             "|---|---:|---:|---:|---|",
         ]
         for x in results["scale"]:
-            note = x.get("skipped") or x.get("error") or ("drain hit the time cap" if x.get("capped") else "")
+            notes = [x[k] for k in ("skipped", "error") if k in x]
+            if x.get("capped"):
+                notes.append("drain hit the time cap")
+            if x.get("p99_saturated"):
+                notes.append("not keeping up: p99 is a lower bound")
+            note = "; ".join(notes)
             out.append(
                 f"| {x['variant']} | {fmt(x['keyspace'])} | {fmt(x['events_per_s'])} | {fmt(x['p99_ms'])} | {note} |"
             )
@@ -917,8 +946,9 @@ def markdown(results: dict) -> str:
         out += [
             "## Correctness: story keys left",
             "",
-            "Expected: the keys of the stories whose events were not acked in time (a capped drain, a saturated rate);",
-            "any difference is an event acked without its invalidation.",
+            "Expected: the keys of the stories whose events were not acked in time (a capped drain, a saturated rate).",
+            "More keys left than expected is an event acked without its invalidation; fewer, events that",
+            "invalidated but were not acked (still running at the cap, or failed and retried).",
             "",
             "| variant | graph | keyspace | after drain | expected | after latency runs | expected | background keys lost |",
             "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -938,11 +968,21 @@ def markdown(results: dict) -> str:
 
 async def main_async(args: argparse.Namespace) -> int:
     profile = Profile.of(args.quick)
+    if args.keyspaces:
+        profile.keyspaces = [int(k) for k in args.keyspaces.split(",")]
     started = time.time()
     work = Path(tempfile.mkdtemp(prefix="switchyard-bench."))
     services = Services(args.nats_url, args.redis_url, args.neo4j_url, args.python, work)
     run = Run(services, profile)
     await run.connect()
+    # scripts/services runs Valkey with appendfsync always (for the fault
+    # tests); a benchmark of consumers wants Valkey's usual everysec, so
+    # that it does not measure one disk flush per DEL.
+    previous_fsync = str(run.cache.config_get("appendfsync").get("appendfsync", ""))
+    fsync = previous_fsync if args.valkey_appendfsync == "keep" else args.valkey_appendfsync
+    if fsync != previous_fsync:
+        run.cache.config_set("appendfsync", fsync)
+        log(f"Valkey appendfsync {previous_fsync} -> {fsync} while the benchmark runs")
     wanted = set(args.variants.split(",")) if args.variants else None
 
     def want(variant: str) -> bool:
@@ -970,14 +1010,20 @@ async def main_async(args: argparse.Namespace) -> int:
     finally:
         await run.close()
         run.cache.flushdb()
+        if fsync != previous_fsync:
+            run.cache.config_set("appendfsync", previous_fsync)
+            log(f"Valkey appendfsync back to {previous_fsync}")
 
-    results = assemble(profile, args.quick, main, memory, scale, started)
+    results = assemble(profile, args.quick, main, memory, scale, started, fsync)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "latest.md").write_text(markdown(results))
-    log(f"wrote {out / 'latest.json'} and {out / 'latest.md'} (logs in {work})")
-    if not args.keep_logs:
+    failed = any("error" in r for r in main + memory + scale)
+    if args.keep_logs or failed:
+        log(f"wrote {out / 'latest.json'} and {out / 'latest.md'}; the variants' logs are in {work}")
+    else:
+        log(f"wrote {out / 'latest.json'} and {out / 'latest.md'}")
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
@@ -992,9 +1038,16 @@ def main() -> None:
         help="the benchmark flushes this database: its own, not the tests' (default db 14)",
     )
     parser.add_argument("--neo4j-url", default="bolt://127.0.0.1:7687")
+    parser.add_argument(
+        "--valkey-appendfsync",
+        choices=["everysec", "always", "no", "keep"],
+        default="everysec",
+        help="Valkey's appendfsync while the benchmark runs, restored afterwards (default everysec)",
+    )
     parser.add_argument("--python", default=sys.executable, help="interpreter for consumer.py")
     parser.add_argument("--out", default=str(ROOT / "bench/results"))
     parser.add_argument("--variants", help="comma-separated subset, e.g. wasm,python-seed")
+    parser.add_argument("--keyspaces", help="comma-separated scale-curve keyspaces, e.g. 1000,1000000")
     parser.add_argument("--keep-logs", action="store_true", help="keep the variants' logs")
     args = parser.parse_args()
     sys.exit(asyncio.run(main_async(args)))

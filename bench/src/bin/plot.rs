@@ -20,7 +20,8 @@ use serde_json::Value;
 
 const SIZE: (u32, u32) = (900, 560);
 
-/// One series: a variant's points, with whether each is a lower bound.
+/// One series: a variant's points, with whether each is a lower bound (a
+/// latency run the variant did not keep up with).
 type Series = BTreeMap<String, Vec<(f64, f64, bool)>>;
 
 fn main() -> Result<()> {
@@ -94,8 +95,7 @@ fn series(results: &Value, key: &str, x: &str, y: &str, keep: impl Fn(&Value) ->
         if !keep(entry) || xv <= 0.0 || yv <= 0.0 {
             continue;
         }
-        let bound = entry.get("saturated").and_then(Value::as_bool) == Some(true)
-            || entry.get("capped").and_then(Value::as_bool) == Some(true);
+        let bound = entry.get("saturated").and_then(Value::as_bool) == Some(true);
         out.entry(variant.to_owned())
             .or_default()
             .push((xv, yv, bound));
@@ -144,16 +144,22 @@ fn draw(path: &Path, chart: &Chart<'_>) -> Result<()> {
         root.present().map_err(plot_error)?;
         return Ok(());
     }
-    let (x_range, y_range) = (
-        padded(points.iter().map(|p| p.0)),
-        padded(points.iter().map(|p| p.1)),
-    );
+    // Ticks at the measured x values (rates, keyspaces); room above the
+    // data for the legend.
+    let mut ticks: Vec<f64> = points.iter().map(|p| p.0).collect();
+    ticks.sort_by(f64::total_cmp);
+    ticks.dedup();
+    let x_range = padded(points.iter().map(|p| p.0), 1.5);
+    let y_range = padded(points.iter().map(|p| p.1), 8.0);
 
     let mut plot = ChartBuilder::on(&body)
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(72)
-        .build_cartesian_2d(x_range.log_scale(), y_range.log_scale())
+        .build_cartesian_2d(
+            x_range.log_scale().with_key_points(ticks),
+            y_range.log_scale(),
+        )
         .map_err(plot_error)?;
     plot.configure_mesh()
         .x_desc(chart.x_label)
@@ -188,22 +194,18 @@ fn draw(path: &Path, chart: &Chart<'_>) -> Result<()> {
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
-        .position(SeriesLabelPosition::UpperRight)
+        .position(SeriesLabelPosition::UpperLeft)
         .draw()
         .map_err(plot_error)?;
     root.present().map_err(plot_error)?;
     Ok(())
 }
 
-/// The values' range widened by a margin on a log scale.
-fn padded(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
+/// The values' range on a log scale, widened by a factor below and by
+/// `top` above.
+fn padded(values: impl Iterator<Item = f64>, top: f64) -> std::ops::Range<f64> {
     let (low, high) = values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    let (low, high) = if low == high {
-        (low / 2.0, high * 2.0)
-    } else {
-        (low, high)
-    };
-    (low / 1.5)..(high * 1.5)
+    (low / 1.5)..(high * top)
 }
 
 /// 1000 → "1k", 1000000 → "1M", 0.5 → "0.5".
