@@ -754,7 +754,14 @@ def sandbox_overhead() -> dict | None:
     wasm, native = estimate("wasm_story_transition"), estimate("native_story_transition")
     if wasm is None or native is None:
         return None
-    return {"wasm_ns": round(wasm, 1), "native_ns": round(native, 1), "overhead_us": round((wasm - native) / 1000, 2)}
+    noop = estimate("wasm_noop")
+    return {
+        "source": "target/criterion/per_event (cargo bench -p switchyard-bench)",
+        "wasm_story_transition_ns": round(wasm, 1),
+        "native_story_transition_ns": round(native, 1),
+        "wasm_noop_ns": None if noop is None else round(noop, 1),
+        "overhead_us": round((wasm - native) / 1000, 2),
+    }
 
 
 def row(result: dict, rate: int = ROW_RATE) -> dict:
