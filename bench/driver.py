@@ -94,7 +94,7 @@ class Profile:
                 memory_graph=False,
                 memory_graph_rates=[],
                 keyspaces=[1000, 100_000],
-                scale_events=300,
+                scale_events=1000,
                 scale_rate=100,
             )
         return Profile(
@@ -106,7 +106,7 @@ class Profile:
             memory_graph=True,
             memory_graph_rates=[1000],
             keyspaces=[1000, 10_000, 100_000, 1_000_000],
-            scale_events=2000,
+            scale_events=5000,
             scale_rate=200,
         )
 
@@ -479,6 +479,7 @@ class Run:
             result["skipped"] = reason
             log(f"  {point.variant}: skipped ({reason})")
             return result
+        began = time.monotonic()
         try:
             await self._measure(point, result)
         except Exception as e:  # report the point as failed, go on with the others
@@ -489,6 +490,7 @@ class Run:
                 await self.js.delete_stream(point.stream)
             except Exception:
                 pass
+            result["elapsed_s"] = round(time.monotonic() - began, 1)
         return result
 
     async def _measure(self, point: Point, result: dict) -> None:
