@@ -3,6 +3,12 @@
 
 mod commands;
 
+/// Every event allocates (its message, the keys a sweep returns, its
+/// instance's host state) on whichever worker runs it; mimalloc's
+/// thread-local heaps keep that off a shared lock.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

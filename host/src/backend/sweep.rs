@@ -27,7 +27,8 @@
 //! `unavailable` or `other`, and no call reports a key deleted that its
 //! commands did not remove.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
+use foldhash::HashMapExt as _;
 use std::sync::Arc;
 use std::time::Instant;
 
