@@ -56,6 +56,8 @@ CONSUMER = ROOT / "bench/python/consumer.py"
 DURABLE = "context-planning-story-transitions"
 HANDLER = "story-transitions"
 KEY_PREFIX = "context:"
+# Handler concurrency (and instance slots) of the Switchyard variants.
+CONCURRENCY = 1024
 PHASES = ("dev", "review")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_MIB = 1 / 1024  # VmHWM is in KiB
@@ -396,7 +398,10 @@ name = "{HANDLER}"
 plugin = "{plugin}"
 subjects = ["{point.subject}"]
 durable = "{DURABLE}"
-concurrency = 16
+# Events in flight. Each waits on the shared sweep (and graph batch) with
+# the others, so in-flight events are what one sweep serves at once.
+concurrency = {CONCURRENCY}
+max_ack_pending = {CONCURRENCY}
 drain_grace = "2s"
 
 [handlers.config]
@@ -406,6 +411,9 @@ invalidation = "{invalidation}"
 [handlers.grants]
 cache_keys = ["{KEY_PREFIX}*"]
 graph_labels = ["PhaseTransition"]
+
+[runtime]
+max_instances = {CONCURRENCY}
 """
 
 
