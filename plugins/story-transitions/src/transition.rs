@@ -620,7 +620,7 @@ impl<'de> FieldsVisitor {
                 }
             };
             let value = if name == "timestamp" {
-                spelled(map.next_value::<Box<RawValue>>()?)?
+                spelled(&map.next_value::<Box<RawValue>>()?)?
             } else {
                 map.next_value::<Raw>()?
             };
@@ -637,7 +637,7 @@ impl<'de> FieldsVisitor {
 /// A timestamp's value with a number kept as spelled: two spellings are two
 /// timestamps (`1E2` is not `100`, and 2^64 is not 2^64 + 1), since each
 /// names a node.
-fn spelled<E: de::Error>(raw: Box<RawValue>) -> Result<Raw, E> {
+fn spelled<E: de::Error>(raw: &RawValue) -> Result<Raw, E> {
     let text = raw.get();
     if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
         Ok(Raw::NumberText(text.to_owned()))
