@@ -98,14 +98,14 @@ pub const NATIVE_PREFIX: &[u8] = b"native:";
 
 /// A handler compiled into the host. It reaches the world only through the
 /// [`HostState`] it is given, exactly as a component does through its
-/// imports, and returns the outcome a component would.
+/// imports, and returns the outcome a component would with the state, or
+/// why it failed (a panic, say), which becomes a trap.
 pub trait NativeHandler: Send + Sync + 'static {
-    fn handle<'a>(
-        &'a self,
-        host: &'a mut HostState,
-        event: &'a Event,
-    ) -> Pin<Box<dyn Future<Output = WitOutcome> + Send + 'a>>;
+    fn handle(&self, host: HostState, event: Event) -> NativeRun;
 }
+
+/// A native handler's run: its outcome and the state it was given back.
+pub type NativeRun = Pin<Box<dyn Future<Output = Result<(WitOutcome, HostState), String>> + Send>>;
 
 /// Native handlers by name.
 pub type Natives = BTreeMap<String, Arc<dyn NativeHandler>>;
@@ -440,7 +440,7 @@ impl Runtime {
         let output = state.output.clone();
         let (result, effects) = match &plugin.code {
             Code::Wasm(pre) => self.run_wasm(pre, state, &event, started).await,
-            Code::Native(native) => run_native(native.as_ref(), state, &event).await,
+            Code::Native(native) => run_native(native.as_ref(), state, event.clone()).await,
         };
         let output = String::from_utf8_lossy(&output.contents()).into_owned();
 
@@ -508,15 +508,15 @@ impl Runtime {
 /// One event on a handler compiled in, under the same deadline.
 async fn run_native(
     native: &dyn NativeHandler,
-    mut state: HostState,
-    event: &Event,
+    state: HostState,
+    event: Event,
 ) -> (Result<WitOutcome, Fault>, Effects) {
     let deadline = state.env.limits.deadline;
-    let result = match tokio::time::timeout(deadline, native.handle(&mut state, event)).await {
-        Ok(outcome) => Ok(outcome),
-        Err(_) => Err(Fault::Deadline(deadline)),
-    };
-    (result, state.effects)
+    match tokio::time::timeout(deadline, native.handle(state, event)).await {
+        Ok(Ok((outcome, state))) => (Ok(outcome), state.effects),
+        Ok(Err(failure)) => (Err(Fault::Trap(failure)), Effects::default()),
+        Err(_) => (Err(Fault::Deadline(deadline)), Effects::default()),
+    }
 }
 
 fn classify(error: &wasmtime::Error, limits: &Limits) -> Fault {
