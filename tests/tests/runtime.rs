@@ -292,9 +292,7 @@ graph_labels = ["PhaseTransition"]"#,
 /// scans, deletes, graph writes and logs all reach their capabilities.
 #[test]
 fn a_plugin_built_against_contract_0_1_0_runs_unchanged() {
-    let mut guest = Harness::load(V010)
-        .config("prefix", "context:S1")
-        .start();
+    let mut guest = Harness::load(V010).config("prefix", "context:S1").start();
     guest.seed_keys(["context:S1", "context:S1:dev", "context:S2"]);
     guest
         .send_raw("planning.story.transitioned", "{}")

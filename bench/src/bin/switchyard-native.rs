@@ -40,7 +40,8 @@ fn config_path() -> anyhow::Result<PathBuf> {
 
 fn run() -> anyhow::Result<()> {
     let path = config_path()?;
-    let filter = EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -892,14 +892,7 @@ mod tests {
 
     #[test]
     fn keeps_story_id_verbatim_including_glob_specials_and_unicode() {
-        for id in [
-            "*",
-            "a?b",
-            "[x]",
-            "back\\slash",
-            "ñandú 🦀",
-            " padded ",
-        ] {
+        for id in ["*", "a?b", "[x]", "back\\slash", "ñandú 🦀", " padded "] {
             let payload = serde_json::json!({"story_id": id, "timestamp": "t"}).to_string();
             assert_eq!(ok(&payload).story_id, id);
         }

@@ -24,7 +24,11 @@ impl Guest for V010 {
     fn handle(event: Event) -> Outcome {
         match run(&event) {
             Ok(deleted) => {
-                log::log(Level::Info, "swept", &[("deleted".into(), deleted.to_string())]);
+                log::log(
+                    Level::Info,
+                    "swept",
+                    &[("deleted".into(), deleted.to_string())],
+                );
                 Outcome::Ack
             }
             Err(error) => Outcome::Reject(format!("{error:?}")),
