@@ -427,7 +427,9 @@ fn first_agreed(candidates: Vec<Found>) -> Result<Found, Rejection> {
 // Deserialisation: only the known fields are kept; everything else is
 // skipped without being built.
 
-/// The top level of a payload.
+/// The top level of a payload. Built once per event, so its size is no
+/// concern.
+#[allow(clippy::large_enum_variant)]
 enum Top {
     Object(Fields),
     Other(JsonType),

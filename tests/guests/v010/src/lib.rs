@@ -8,6 +8,7 @@
 //! with the error.
 
 #![allow(unsafe_code)] // generated bindings cross the component ABI
+#![allow(clippy::too_many_arguments)] // generated signatures follow the WIT
 
 wit_bindgen::generate!({
     world: "event-handler",
