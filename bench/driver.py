@@ -34,6 +34,7 @@ import glob
 import json
 import math
 import os
+import re
 import platform
 import shutil
 import signal
@@ -330,6 +331,15 @@ class Point:
         return f"bench{self.n}.story.transitioned"
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """`text` without terminal colours, its lines joined, cut at `limit`."""
+    flat = " ".join(ANSI.sub("", text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 def story_keys(i: int) -> list[str]:
     """Story S<i> owns 1 to 3 keys: the bare key and some phase keys."""
     bare = f"{KEY_PREFIX}S{i}"
@@ -491,7 +501,8 @@ class Run:
         try:
             await self._measure(point, result)
         except Exception as e:  # report the point as failed, go on with the others
-            result["error"] = f"{type(e).__name__}: {e}"
+            # One line for the tables; the variant's log has the rest.
+            result["error"] = one_line(f"{type(e).__name__}: {e}")
             log(f"  {point.variant}: failed: {result['error']}")
         finally:
             try:
