@@ -26,6 +26,7 @@ use crate::fleet::{reload, shadow, status};
 use crate::grant::Grants;
 use crate::handler::Handler;
 use crate::health::Health;
+use crate::isolation::{Profile, run_fixtures};
 use crate::metrics::Metrics;
 use crate::runtime::{Natives, Plugin, Runtime, RuntimeConfig};
 
@@ -176,7 +177,7 @@ async fn initial_plugin(
     control: Option<&ControlPlane>,
     handler: &HandlerConfig,
 ) -> anyhow::Result<(Arc<Plugin>, Option<String>)> {
-    let (bytes, version) = match (&handler.plugin, &handler.plugin_object, control) {
+    let (bytes, version, fixtures) = match (&handler.plugin, &handler.plugin_object, control) {
         (Some(path), _, _) => {
             let bytes = tokio::fs::read(path).await.with_context(|| {
                 format!(
@@ -185,7 +186,9 @@ async fn initial_plugin(
                     path.display()
                 )
             })?;
-            (bytes, None)
+            let fixtures = reload::load_fixtures(handler.fixtures.as_deref())
+                .map_err(|e| anyhow::anyhow!("handler `{}`: {e}", handler.name))?;
+            (bytes, None, fixtures)
         }
         (None, Some(object), Some(control)) => {
             let version = control.live(object).await?.with_context(|| {
@@ -194,10 +197,8 @@ async fn initial_plugin(
                     handler.name
                 )
             })?;
-            (
-                control.fetch(object, &version).await?.0,
-                Some(version.name()),
-            )
+            let (bytes, fixtures) = control.fetch(object, &version).await?;
+            (bytes, Some(version.name()), fixtures)
         }
         _ => anyhow::bail!("handler `{}` has no plugin source", handler.name),
     };
@@ -205,6 +206,19 @@ async fn initial_plugin(
     let plugin = tokio::task::spawn_blocking(move || rt.load(&bytes))
         .await?
         .map_err(|e| anyhow::anyhow!("handler `{}`: {e}", handler.name))?;
+    // The same gate as a reload: a version that fails its fixtures does
+    // not serve, at start-up either.
+    if !fixtures.is_empty() {
+        run_fixtures(runtime.clone(), plugin.clone(), Profile::of(handler), &fixtures)
+            .await
+            .map_err(|reason| {
+                anyhow::anyhow!(
+                    "handler `{}`: plugin {} failed its fixtures, so it does not serve and the host does not start: {reason}",
+                    handler.name,
+                    plugin.digest()
+                )
+            })?;
+    }
     Ok((plugin, version))
 }
 

@@ -121,6 +121,26 @@ fn refuses_handler_subject_outside_the_stream() {
 }
 
 #[test]
+fn refuses_two_handlers_on_one_durable_naming_both() {
+    let second = r#"
+[[handlers]]
+name = "story-audit"
+plugin = "audit.wasm"
+subjects = ["planning.story.created"]
+durable = "context-planning-story-transitions"
+"#;
+    let error = parse(&format!("{MINIMAL}{second}"), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("config key `handlers[1].durable`"),
+        "{error}"
+    );
+    assert!(error.contains("`story-transitions`"), "{error}");
+    assert!(error.contains("`story-audit`"), "{error}");
+}
+
+#[test]
 fn refuses_dead_letters_inside_the_source_stream() {
     let text = MINIMAL.replace(
         "stream_subjects = [\"planning.>\"]",

@@ -71,6 +71,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         ));
     }
     let mut names = std::collections::HashSet::new();
+    let mut durables = std::collections::HashMap::new();
     for (i, handler) in config.handlers.iter().enumerate() {
         let key = |field: &str| format!("handlers[{i}].{field}");
         check_name(&key("name"), &handler.name)?;
@@ -81,6 +82,17 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
         check_name(&key("durable"), &handler.durable)?;
+        // One durable consumer has one filter: two handlers on it would
+        // replace each other's subjects and one would receive nothing.
+        if let Some(first) = durables.insert(handler.durable.as_str(), handler.name.as_str()) {
+            return Err(invalid(
+                key("durable"),
+                format!(
+                    "durable `{}` is already used by handler `{first}`; handler `{}` needs a durable of its own",
+                    handler.durable, handler.name
+                ),
+            ));
+        }
         match (&handler.plugin, &handler.plugin_object) {
             (Some(_), None) => {}
             (None, Some(object)) => check_name(&key("plugin_object"), object)?,

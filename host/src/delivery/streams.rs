@@ -11,7 +11,8 @@ use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
 use async_nats::jetstream::Context;
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::{self, StorageType, Stream};
 
 use crate::config::{HandlerConfig, NatsConfig};
@@ -95,18 +96,116 @@ pub fn consumer_config(handler: &HandlerConfig) -> pull::Config {
     }
 }
 
-/// Creates the handler's durable consumer, or updates it to the handler's
-/// settings when it exists.
+/// Creates the handler's durable consumer, or brings an existing one to
+/// the handler's settings. A durable that another handler (or anything but
+/// Switchyard) created is refused, never shared: one consumer has one
+/// filter, and sharing it would silently starve one of the two.
 pub async fn open_consumer(stream: &Stream, handler: &Handler) -> anyhow::Result<PullConsumer> {
     let config = consumer_config(&handler.config);
-    match stream.create_consumer(config.clone()).await {
-        Ok(consumer) => Ok(consumer),
-        Err(_) => stream.update_consumer(config).await.with_context(|| {
-            format!(
-                "handler `{}`: cannot create or update durable consumer {}",
-                handler.name(),
-                handler.config.durable
-            )
-        }),
+    let durable = &handler.config.durable;
+    let existing = match stream.consumer_info(durable).await {
+        Ok(info) => info.config,
+        Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => {
+            return stream.create_consumer(config).await.with_context(|| {
+                format!(
+                    "handler `{}`: cannot create durable consumer {durable}",
+                    handler.name()
+                )
+            });
+        }
+        Err(error) => {
+            return Err(error).with_context(|| {
+                format!(
+                    "handler `{}`: cannot read durable consumer {durable}",
+                    handler.name()
+                )
+            });
+        }
+    };
+    if existing.description != config.description {
+        let owner = existing.description.as_deref().unwrap_or("no description");
+        anyhow::bail!(
+            "handler `{}`: durable consumer {durable} on stream {} is not this handler's \
+             (its description: \"{owner}\"); give the handler a durable of its own, \
+             or delete that consumer if it is no longer used",
+            handler.name(),
+            stream.cached_info().config.name,
+        );
     }
+    let changes = consumer_changes(&existing, &config);
+    if changes.is_empty() {
+        return stream
+            .get_consumer(durable)
+            .await
+            .map_err(anyhow::Error::from_boxed)
+            .with_context(|| {
+                format!(
+                    "handler `{}`: cannot open durable consumer {durable}",
+                    handler.name()
+                )
+            });
+    }
+    tracing::warn!(
+        handler = handler.name(),
+        durable = %durable,
+        changes = %changes.join("; "),
+        "durable consumer differs from the configuration; updating it"
+    );
+    stream.update_consumer(config).await.with_context(|| {
+        format!(
+            "handler `{}`: durable consumer {durable} differs from the configuration ({}) \
+             and cannot be updated",
+            handler.name(),
+            changes.join("; ")
+        )
+    })
+}
+
+/// The settings of `existing` that differ from `wanted`, as
+/// `name: old -> new`.
+fn consumer_changes(existing: &consumer::Config, wanted: &pull::Config) -> Vec<String> {
+    let mut changes = Vec::new();
+    let mut compare = |name: &str, old: String, new: String| {
+        if old != new {
+            changes.push(format!("{name}: {old} -> {new}"));
+        }
+    };
+    let mut old_filters = existing.filter_subjects.clone();
+    if !existing.filter_subject.is_empty() {
+        old_filters.push(existing.filter_subject.clone());
+    }
+    old_filters.sort();
+    let mut new_filters = wanted.filter_subjects.clone();
+    new_filters.sort();
+    compare(
+        "filter_subjects",
+        format!("{old_filters:?}"),
+        format!("{new_filters:?}"),
+    );
+    compare(
+        "ack_wait",
+        format!("{:?}", existing.ack_wait),
+        format!("{:?}", wanted.ack_wait),
+    );
+    compare(
+        "max_ack_pending",
+        existing.max_ack_pending.to_string(),
+        wanted.max_ack_pending.to_string(),
+    );
+    compare(
+        "max_deliver",
+        existing.max_deliver.to_string(),
+        wanted.max_deliver.to_string(),
+    );
+    compare(
+        "deliver_policy",
+        format!("{:?}", existing.deliver_policy),
+        format!("{:?}", wanted.deliver_policy),
+    );
+    compare(
+        "ack_policy",
+        format!("{:?}", existing.ack_policy),
+        format!("{:?}", wanted.ack_policy),
+    );
+    changes
 }

@@ -13,7 +13,12 @@
 //! the file's directory (so an atomic rename is seen) and also polls the
 //! file's size and mtime, so a missed event only delays a reload. A file
 //! caught half-written fails to load and is refused; the write that
-//! completes it triggers another attempt.
+//! completes it triggers another attempt. A refused version is refused
+//! once: the same bytes are not validated (or logged) again until the file
+//! changes.
+//!
+//! Start-up applies the same gate (`service`): a version that fails to
+//! load or fails its fixtures does not serve, and the host does not start.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -125,7 +130,9 @@ pub async fn watch_file(handler: Arc<Handler>, path: PathBuf, shutdown: Cancella
     let file_name = path.file_name().map(|n| n.to_os_string());
     let watched = file_name.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Reads (ours included) raise access events; only changes count.
         if let Ok(event) = event
+            && !event.kind.is_access()
             && event
                 .paths
                 .iter()
@@ -161,6 +168,9 @@ pub async fn watch_file(handler: Arc<Handler>, path: PathBuf, shutdown: Cancella
         }
     };
     let mut seen = stamp(&path);
+    // The digest last refused: the same bytes are not validated again
+    // until the file holds something else.
+    let mut refused: Option<Digest> = None;
     let mut poll = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -180,8 +190,16 @@ pub async fn watch_file(handler: Arc<Handler>, path: PathBuf, shutdown: Cancella
         seen = stamp(&path);
         match tokio::fs::read(&path).await {
             Ok(bytes) => {
+                let digest = Digest::of(&bytes);
+                if refused.as_ref() == Some(&digest) {
+                    tracing::debug!(handler = %handler.name(), %digest, "plugin file unchanged since it was refused");
+                    continue;
+                }
                 let origin = format!("file {}", path.display());
-                let _ = offer(&handler, bytes, &fixtures, &origin).await;
+                refused = offer(&handler, bytes, &fixtures, &origin)
+                    .await
+                    .err()
+                    .map(|_| digest);
             }
             Err(error) => {
                 tracing::warn!(handler = %handler.name(), path = %path.display(), %error, "plugin file unreadable; the live version keeps serving");

@@ -10,5 +10,6 @@ mod e2e;
 mod graph_batch;
 mod hostile;
 mod reload;
+mod startup;
 mod support;
 mod sweep;

@@ -252,3 +252,57 @@ async fn broken_versions_are_refused_while_the_live_version_keeps_serving() {
     service.settled(Duration::from_secs(30)).await;
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_version_is_refused_once_until_the_file_changes() {
+    let _servers = services::shared().await;
+    let (_dir, path) = plugin_copy(STORY_TRANSITIONS);
+    let service = TestService::start(Options {
+        plugin: path.display().to_string(),
+        http: true,
+        ..Options::default()
+    })
+    .await;
+    let refused_count = || async {
+        service
+            .metric(&series("plugin_reloads", "refused"))
+            .await
+            .unwrap_or(0.0)
+    };
+    let broken = b"\0asm\x0d\0\x01\0garbage".to_vec();
+    replace(&path, &broken);
+    services::eventually(
+        Duration::from_secs(30),
+        "broken version refused",
+        || async {
+            match refused_count().await {
+                n if n >= 1.0 => Ok(()),
+                n => Err(format!("refused count {n}")),
+            }
+        },
+    )
+    .await;
+    // Several poll periods, and the same bytes written again: nothing new
+    // to validate, so nothing is refused again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    replace(&path, &broken);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(refused_count().await, 1.0);
+
+    // Other bytes are a new version, validated (and refused) once.
+    replace(&path, &std::fs::read(STORY_TRANSITIONS).unwrap()[..1000]);
+    services::eventually(
+        Duration::from_secs(30),
+        "second version refused",
+        || async {
+            match refused_count().await {
+                n if n >= 2.0 => Ok(()),
+                n => Err(format!("refused count {n}")),
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(refused_count().await, 2.0);
+    service.stop().await;
+}
