@@ -31,7 +31,8 @@
 //!   (what each handler may touch; scan-pattern containment), [`glob`]
 //!   (Valkey's matcher), [`limits`] (every bound the host enforces),
 //!   [`identifier`] (graph identifiers), [`pointer`](mod@pointer) (JSON pointers),
-//!   [`process`] (hostname, user, clock), [`bindings`] (the one
+//!   [`process`] (hostname, user, clock), [`secret`] (credentials masked
+//!   in what is printed), [`bindings`] (the one
 //!   `bindgen!` of the WIT world).
 
 pub mod backend;
@@ -52,6 +53,7 @@ pub mod metrics;
 pub mod pointer;
 pub mod process;
 pub mod runtime;
+pub mod secret;
 pub mod service;
 pub mod telemetry;
 

@@ -29,6 +29,7 @@ use crate::health::Health;
 use crate::isolation::{Profile, run_fixtures};
 use crate::metrics::Metrics;
 use crate::runtime::{Natives, Plugin, Runtime, RuntimeConfig};
+use crate::secret::mask_url;
 
 /// Runs the service until `shutdown` is cancelled.
 pub async fn run(
@@ -67,6 +68,9 @@ pub async fn run_with(
     // Plugins before backends: a plugin that cannot load is a configuration
     // error and must stop start-up before any event is consumed.
     let nats = delivery::connect(&config.nats, health.clone()).await?;
+    if !delivery::wait_for_jetstream(&nats, &config.nats, &shutdown).await {
+        return Ok(());
+    }
     let needs_control = config.handlers.iter().any(|h| h.plugin_object.is_some());
     let control = if needs_control {
         Some(ControlPlane::open(&nats, &config.nats).await?)
@@ -290,11 +294,11 @@ where
     loop {
         match connect().await {
             Ok(backend) => {
-                tracing::info!(backend = what, %url, "connected");
+                tracing::info!(backend = what, url = %mask_url(url), "connected");
                 return backend;
             }
             Err(error) => {
-                tracing::warn!(backend = what, %url, attempt, %error, retry_in = ?delay, "backend not answering; not ready until it does");
+                tracing::warn!(backend = what, url = %mask_url(url), attempt, %error, retry_in = ?delay, "backend not answering; not ready until it does");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
                 attempt += 1;

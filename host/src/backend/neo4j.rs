@@ -23,6 +23,7 @@ use super::{BackendError, GraphBackend, NodeKey};
 use crate::bindings::graph::Value;
 use crate::identifier::check_identifier;
 use crate::lock;
+use crate::secret::mask_url;
 
 const BACKEND: &str = "neo4j";
 
@@ -47,7 +48,7 @@ impl Neo4jGraph {
             .build()
             .map_err(|e| BackendError::Invalid {
                 backend: BACKEND,
-                detail: format!("bad configuration for {url:?}: {e}"),
+                detail: format!("bad configuration for {:?}: {e}", mask_url(url)),
             })?;
         let graph = timed(Graph::connect(config)).await?;
         let backend = Neo4jGraph::on(graph);

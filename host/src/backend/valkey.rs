@@ -19,6 +19,7 @@ use redis::{Client, RedisError};
 use super::sweep::Sweeper;
 use super::{BackendError, CacheBackend, ScanPage, Swept};
 use crate::glob::Compiled;
+use crate::secret::mask_url;
 
 const BACKEND: &str = "valkey";
 
@@ -38,7 +39,7 @@ impl ValkeyCache {
     pub async fn connect(url: &str) -> Result<Self, BackendError> {
         let client = Client::open(url).map_err(|e| BackendError::Invalid {
             backend: BACKEND,
-            detail: format!("bad URL {url:?}: {e}"),
+            detail: format!("bad URL {:?}: {e}", mask_url(url)),
         })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(COMMAND_TIMEOUT))

@@ -22,6 +22,7 @@ use switchyard::config::Config;
 use switchyard::delivery::dead_letter::DeadLetterSource;
 use switchyard::delivery::dead_letter::read::{DeadLetter, DeadLetterReader};
 use switchyard::delivery::dead_letter::replay::replay_dead_letters;
+use switchyard::secret::mask_urls;
 
 #[derive(Args)]
 pub struct DlqArgs {
@@ -132,7 +133,7 @@ async fn connect(url: &str) -> anyhow::Result<async_nats::jetstream::Context> {
         .connection_timeout(Duration::from_secs(5))
         .connect(url)
         .await
-        .with_context(|| format!("cannot connect to NATS at {url}"))?;
+        .with_context(|| format!("cannot connect to NATS at {}", mask_urls(url)))?;
     Ok(async_nats::jetstream::new(client))
 }
 

@@ -15,6 +15,7 @@ use switchyard::fleet::status::gather_status;
 use switchyard::isolation::{Fixture, Profile, run_fixtures};
 use switchyard::process::now_ms;
 use switchyard::runtime::{Runtime, RuntimeConfig};
+use switchyard::secret::mask_urls;
 
 /// Where the control plane is: a service configuration, or a NATS URL with
 /// the default bucket names.
@@ -115,7 +116,7 @@ fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> 
 async fn connect(nats: &NatsConfig) -> anyhow::Result<async_nats::Client> {
     async_nats::connect(&nats.url)
         .await
-        .with_context(|| format!("cannot connect to NATS at {}", nats.url))
+        .with_context(|| format!("cannot connect to NATS at {}", mask_urls(&nats.url)))
 }
 
 fn describe(version: &Version) -> String {

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 use switchyard::isolation::EventSpec;
+use switchyard::secret::mask_urls;
 
 #[derive(Args)]
 pub struct PublishArgs {
@@ -35,7 +36,7 @@ pub fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let client = async_nats::connect(&args.nats)
             .await
-            .with_context(|| format!("cannot connect to NATS at {}", args.nats))?;
+            .with_context(|| format!("cannot connect to NATS at {}", mask_urls(&args.nats)))?;
         let js = async_nats::jetstream::new(client);
         for (i, event) in events.iter().enumerate() {
             let mut headers = async_nats::HeaderMap::new();

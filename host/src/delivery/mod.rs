@@ -50,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::NatsConfig;
 use crate::handler::Handler;
 
-pub use self::streams::connect;
+pub use self::streams::{connect, wait_for_jetstream};
 
 /// Creates (or updates) each handler's durable consumer and starts one task
 /// per handler. The tasks end once `shutdown` is cancelled and every

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::Context;
@@ -15,9 +16,12 @@ use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PullConsum
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::{self, StorageType, Stream};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::{HandlerConfig, NatsConfig};
 use crate::handler::Handler;
 use crate::health::Health;
+use crate::secret::mask_urls;
 
 /// Connects to NATS. The client reconnects by itself for as long as the
 /// process lives; `health.nats` follows the connection state.
@@ -45,11 +49,48 @@ pub async fn connect(config: &NatsConfig, health: Arc<Health>) -> anyhow::Result
         })
         .connect(&config.url)
         .await
-        .with_context(|| format!("cannot connect to NATS at {}", config.url))?;
+        .with_context(|| format!("cannot connect to NATS at {}", mask_urls(&config.url)))?;
     if client.connection_state() == async_nats::connection::State::Connected {
         health.nats.store(true, Ordering::Relaxed);
     }
     Ok(async_nats::jetstream::new(client))
+}
+
+/// Waits until JetStream answers on the connection, so that an unreachable
+/// NATS at start-up is retried like the other backends instead of ending
+/// the process: one warning per attempt naming the server and the cause,
+/// readiness false meanwhile. Returns false when `shutdown` came first.
+pub async fn wait_for_jetstream(
+    js: &Context,
+    config: &NatsConfig,
+    shutdown: &CancellationToken,
+) -> bool {
+    let url = mask_urls(&config.url);
+    let mut delay = Duration::from_millis(250);
+    for attempt in 1u32.. {
+        let error = tokio::select! {
+            answer = js.query_account() => match answer {
+                Ok(_) => return true,
+                Err(error) => error,
+            },
+            () = shutdown.cancelled() => return false,
+        };
+        let state = js.client().connection_state();
+        tracing::warn!(
+            %url,
+            attempt,
+            connection = %state,
+            %error,
+            retry_in = ?delay,
+            "NATS JetStream not answering; not ready until it does"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return false,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+    false
 }
 
 /// Makes sure the source and dead-letter streams exist.
