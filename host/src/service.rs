@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::memory::{MemoryCache, MemoryGraph};
 use crate::backend::neo4j::Neo4jGraph;
-use crate::backend::valkey::ValkeyCache;
+use crate::backend::valkey::{ValkeyCache, ValkeyOptions};
 use crate::backend::{BackendError, Backends, CacheBackend, GraphBackend};
 use crate::capability::HandlerEnv;
-use crate::config::{Config, HandlerConfig};
+use crate::config::{CacheConfig, Config, HandlerConfig};
 use crate::delivery;
 use crate::fleet::control::ControlPlane;
 use crate::fleet::{reload, shadow, status};
@@ -244,18 +244,21 @@ pub async fn connect_backends(
         Arc::new(cache)
     } else {
         let url = config.cache.url.clone();
-        Arc::new(retry_connect("cache", &url, || ValkeyCache::connect(&url)).await)
+        let options = valkey_options(&config.cache)?;
+        Arc::new(retry_connect("cache", &url, || ValkeyCache::connect_with(&url, &options)).await)
     };
     health.cache.store(true, Ordering::Relaxed);
     let graph: Arc<dyn GraphBackend> = if config.graph.url.starts_with("memory://") {
         tracing::warn!("graph.url is memory://: graph effects stay in this process");
         Arc::new(MemoryGraph::default())
     } else {
-        let (url, user, password) = (
-            &config.graph.url,
-            &config.graph.user,
-            &config.graph.password,
-        );
+        let password = secret(
+            "graph.password_file",
+            Some(&config.graph.password),
+            &config.graph.password_file,
+        )?
+        .unwrap_or_default();
+        let (url, user, password) = (&config.graph.url, &config.graph.user, &password);
         Arc::new(retry_connect("graph", url, || Neo4jGraph::connect(url, user, password)).await)
     };
     health.graph.store(true, Ordering::Relaxed);
@@ -282,6 +285,53 @@ fn seed_memory_cache(cache: &MemoryCache, path: &std::path::Path) -> anyhow::Res
         cache.set(key, value);
     }
     Ok(count)
+}
+
+/// The cache's credentials and certificates, read from their files.
+fn valkey_options(cache: &CacheConfig) -> anyhow::Result<ValkeyOptions> {
+    let read = |key: &str, path: &Option<std::path::PathBuf>| -> anyhow::Result<Option<Vec<u8>>> {
+        path.as_ref()
+            .map(|path| {
+                std::fs::read(path)
+                    .with_context(|| format!("config key `{key}`: cannot read {}", path.display()))
+            })
+            .transpose()
+    };
+    let client_cert = match (
+        read("cache.cert_file", &cache.cert_file)?,
+        read("cache.key_file", &cache.key_file)?,
+    ) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        _ => None,
+    };
+    Ok(ValkeyOptions {
+        user: cache.user.clone(),
+        password: secret(
+            "cache.password_file",
+            cache.password.as_deref(),
+            &cache.password_file,
+        )?,
+        ca: read("cache.ca_file", &cache.ca_file)?,
+        client_cert,
+    })
+}
+
+/// A secret given inline or in a file (one trailing newline ignored).
+fn secret(
+    file_key: &str,
+    inline: Option<&str>,
+    file: &Option<std::path::PathBuf>,
+) -> anyhow::Result<Option<String>> {
+    match file {
+        None => Ok(inline.map(str::to_string)),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| {
+                format!("config key `{file_key}`: cannot read {}", path.display())
+            })?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            Ok(Some(text.strip_suffix('\r').unwrap_or(text).to_string()))
+        }
+    }
 }
 
 async fn retry_connect<T, F, Fut>(what: &str, url: &str, mut connect: F) -> T

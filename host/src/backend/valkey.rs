@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError};
+use redis::{Client, ClientTlsConfig, IntoConnectionInfo as _, RedisError, TlsCertificates};
 
 use super::sweep::Sweeper;
 use super::{BackendError, CacheBackend, ScanPage, Swept};
@@ -33,14 +33,71 @@ pub struct ValkeyCache {
 /// How long one command may take before the call reports `unavailable`.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How to reach a server beyond its URL: ACL credentials (taking the
+/// place of any in the URL) and, for `rediss://`, the certificates (PEM).
+/// Its `Debug` never prints a secret.
+#[derive(Clone, Default)]
+pub struct ValkeyOptions {
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// CA certificates to verify the server with, instead of the system's.
+    pub ca: Option<Vec<u8>>,
+    /// A client certificate and its key, for servers that ask for one.
+    pub client_cert: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ValkeyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValkeyOptions")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("ca", &self.ca.is_some())
+            .field("client_cert", &self.client_cert.is_some())
+            .finish()
+    }
+}
+
 impl ValkeyCache {
     /// Connects to `url` (`redis://host:port/db`). Fails if the server does
     /// not answer now; later outages are retried per command.
     pub async fn connect(url: &str) -> Result<Self, BackendError> {
-        let client = Client::open(url).map_err(|e| BackendError::Invalid {
+        Self::connect_with(url, &ValkeyOptions::default()).await
+    }
+
+    /// [`connect`](Self::connect) with credentials and TLS settings. A
+    /// `rediss://` server whose certificate does not verify is refused.
+    pub async fn connect_with(url: &str, options: &ValkeyOptions) -> Result<Self, BackendError> {
+        let invalid = |e: RedisError| BackendError::Invalid {
             backend: BACKEND,
             detail: format!("bad URL {:?}: {e}", mask_url(url)),
-        })?;
+        };
+        let mut info = url.into_connection_info().map_err(invalid)?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(user) = &options.user {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &options.password {
+            settings = settings.set_password(password);
+        }
+        info = info.set_redis_settings(settings);
+        let client = if options.ca.is_some() || options.client_cert.is_some() {
+            let certificates = TlsCertificates {
+                client_tls: options
+                    .client_cert
+                    .clone()
+                    .map(|(client_cert, client_key)| ClientTlsConfig {
+                        client_cert,
+                        client_key,
+                    }),
+                root_cert: options.ca.clone(),
+            };
+            Client::build_with_tls(info, certificates).map_err(|e| BackendError::Invalid {
+                backend: BACKEND,
+                detail: format!("TLS settings for {:?}: {e}", mask_url(url)),
+            })?
+        } else {
+            Client::open(info).map_err(invalid)?
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(COMMAND_TIMEOUT))
             .set_response_timeout(Some(COMMAND_TIMEOUT))

@@ -60,6 +60,20 @@ impl Config {
                 *fixtures = base.join(&*fixtures);
             }
         }
+        for file in [
+            &mut config.cache.password_file,
+            &mut config.cache.ca_file,
+            &mut config.cache.cert_file,
+            &mut config.cache.key_file,
+            &mut config.graph.password_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
         if let Some(seed) = &mut config.cache.seed
             && seed.is_relative()
         {

@@ -74,18 +74,37 @@ fn default_dead_letter_subject() -> String {
     "switchyard.dead".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
-    /// `redis://host:port/db` or `memory://`.
+    /// `redis://host:port/db`, `rediss://host:port/db` (TLS) or `memory://`.
     pub url: String,
+    /// ACL user, in place of one in the URL.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// ACL password, in place of one in the URL; or `password_file`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A file holding the password (trailing newline ignored), the
+    /// Kubernetes and systemd credential convention.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// With `rediss://`: CA certificates (PEM) to verify the server with,
+    /// instead of the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// With `rediss://`: a client certificate (PEM), with `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
     /// With `memory://` only: a JSON object of key to value loaded at
     /// start-up, relative to the config file.
     #[serde(default)]
     pub seed: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GraphConfig {
     /// `bolt://host:port` or `memory://`.
@@ -94,6 +113,9 @@ pub struct GraphConfig {
     pub user: String,
     #[serde(default)]
     pub password: String,
+    /// A file holding the password, in place of `password`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -134,5 +156,33 @@ impl Default for RuntimeSection {
         RuntimeSection {
             max_instances: default_max_instances(),
         }
+    }
+}
+
+/// Never prints a password.
+impl std::fmt::Debug for CacheConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheConfig")
+            .field("url", &crate::secret::mask_url(&self.url))
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("seed", &self.seed)
+            .finish()
+    }
+}
+
+/// Never prints a password.
+impl std::fmt::Debug for GraphConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphConfig")
+            .field("url", &crate::secret::mask_url(&self.url))
+            .field("user", &self.user)
+            .field("password", &(!self.password.is_empty()).then_some("***"))
+            .field("password_file", &self.password_file)
+            .finish()
     }
 }

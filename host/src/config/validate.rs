@@ -8,6 +8,34 @@ use super::error::{ConfigError, invalid};
 use super::handler::HandlerConfig;
 use super::sections::Config;
 
+/// Credentials come from one place; certificates only with TLS, and a
+/// client certificate with its key.
+fn check_cache_access(cache: &super::sections::CacheConfig) -> Result<(), ConfigError> {
+    if cache.password.is_some() && cache.password_file.is_some() {
+        return Err(invalid(
+            "cache.password_file",
+            "set `password` or `password_file`, not both",
+        ));
+    }
+    let tls = cache.url.starts_with("rediss://");
+    for (key, file) in [
+        ("cache.ca_file", &cache.ca_file),
+        ("cache.cert_file", &cache.cert_file),
+        ("cache.key_file", &cache.key_file),
+    ] {
+        if file.is_some() && !tls {
+            return Err(invalid(key, "certificates need a rediss:// cache.url"));
+        }
+    }
+    if cache.cert_file.is_some() != cache.key_file.is_some() {
+        return Err(invalid(
+            "cache.key_file",
+            "a client certificate needs both `cert_file` and `key_file`",
+        ));
+    }
+    Ok(())
+}
+
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
     check_url("nats.url", &config.nats.url, &["nats", "tls"])?;
     check_url(
@@ -16,6 +44,13 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         &["redis", "rediss", "memory"],
     )?;
     check_url("graph.url", &config.graph.url, &["bolt", "neo4j", "memory"])?;
+    check_cache_access(&config.cache)?;
+    if config.graph.password_file.is_some() && !config.graph.password.is_empty() {
+        return Err(invalid(
+            "graph.password_file",
+            "set `password` or `password_file`, not both",
+        ));
+    }
     if config.cache.seed.is_some() && !config.cache.url.starts_with("memory://") {
         return Err(invalid(
             "cache.seed",

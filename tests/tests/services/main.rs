@@ -10,6 +10,7 @@ mod e2e;
 mod graph_batch;
 mod hostile;
 mod reload;
+mod secure;
 mod startup;
 mod support;
 mod sweep;

@@ -1,0 +1,129 @@
+//! Secure connections to the real TLS servers `scripts/secure-services`
+//! starts: Valkey over `rediss://` with an ACL user, with and without a
+//! client certificate; a certificate the client cannot verify, a wrong
+//! password and a missing client certificate are each refused, naming why.
+
+use switchyard::backend::CacheBackend;
+use switchyard::backend::valkey::{ValkeyCache, ValkeyOptions};
+use switchyard_tests::services;
+
+/// Reads `SWITCHYARD_SECURE_<name>`, failing the test if it is missing.
+fn secure(name: &str) -> String {
+    let variable = format!("SWITCHYARD_SECURE_{name}");
+    match std::env::var(&variable) {
+        Ok(value) if !value.is_empty() => value,
+        _ => panic!(
+            "{variable} is not set: this test needs the TLS servers. Start them with \
+             `scripts/secure-services up` and export `scripts/secure-services env` \
+             (the README's test command does both)."
+        ),
+    }
+}
+
+fn read(name: &str) -> Vec<u8> {
+    let path = secure(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+}
+
+/// The ACL user and password and the test CA; no client certificate.
+fn options() -> ValkeyOptions {
+    ValkeyOptions {
+        user: Some(secure("REDIS_USER")),
+        password: Some(String::from_utf8(read("REDIS_PASSWORD_FILE")).unwrap()),
+        ca: Some(read("CA")),
+        client_cert: None,
+    }
+}
+
+fn with_client_cert(mut options: ValkeyOptions) -> ValkeyOptions {
+    options.client_cert = Some((read("CLIENT_CERT"), read("CLIENT_KEY")));
+    options
+}
+
+/// Sets a key through `cache`'s own server and deletes it through the
+/// backend: the connection does real work.
+async fn round_trip(url: &str, options: &ValkeyOptions) {
+    let cache = ValkeyCache::connect_with(url, options)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    let key = services::unique("tls-key-");
+    let certificates = redis::TlsCertificates {
+        client_tls: options
+            .client_cert
+            .clone()
+            .map(|(client_cert, client_key)| redis::ClientTlsConfig {
+                client_cert,
+                client_key,
+            }),
+        root_cert: options.ca.clone(),
+    };
+    let info = redis::IntoConnectionInfo::into_connection_info(url).unwrap();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_username(options.user.as_deref().unwrap())
+        .set_password(options.password.as_deref().unwrap());
+    let client =
+        redis::Client::build_with_tls(info.set_redis_settings(settings), certificates).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("v")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(cache.delete(std::slice::from_ref(&key)).await.unwrap(), 1);
+    let exists: u64 = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0);
+}
+
+async fn refusal(url: &str, options: &ValkeyOptions) -> String {
+    match ValkeyCache::connect_with(url, options).await {
+        Ok(_) => panic!("{url} accepted a connection it should refuse"),
+        Err(error) => error.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn rediss_with_an_acl_user_and_the_ca_does_real_work() {
+    round_trip(&secure("REDIS_URL"), &options()).await;
+}
+
+#[tokio::test]
+async fn rediss_with_a_client_certificate_does_real_work_where_one_is_required() {
+    round_trip(&secure("REDIS_MTLS_URL"), &with_client_cert(options())).await;
+}
+
+#[tokio::test]
+async fn a_server_certificate_from_another_ca_is_refused_saying_so() {
+    let error = refusal(&secure("REDIS_UNTRUSTED_URL"), &options()).await;
+    assert!(
+        error.to_lowercase().contains("certificate"),
+        "the refusal should name the certificate: {error}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused_saying_so() {
+    let mut options = options();
+    options.password = Some("not-the-password".into());
+    let error = refusal(&secure("REDIS_URL"), &options).await;
+    assert!(
+        error.contains("WRONGPASS") || error.to_lowercase().contains("auth"),
+        "the refusal should name authentication: {error}"
+    );
+    assert!(
+        !error.contains("not-the-password"),
+        "the password leaked: {error}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_client_certificate_is_refused_where_one_is_required() {
+    let error = refusal(&secure("REDIS_MTLS_URL"), &options()).await;
+    assert!(!error.is_empty());
+}
