@@ -141,6 +141,39 @@ durable = "context-planning-story-transitions"
 }
 
 #[test]
+fn refuses_cache_credentials_and_certificates_that_cannot_work_naming_the_key() {
+    let cases = [
+        (
+            "url = \"redis://127.0.0.1:6379/0\"\npassword = \"a\"\npassword_file = \"p\"",
+            "cache.password_file",
+        ),
+        (
+            "url = \"redis://127.0.0.1:6379/0\"\nca_file = \"ca.crt\"",
+            "cache.ca_file",
+        ),
+        (
+            "url = \"rediss://127.0.0.1:6380/0\"\ncert_file = \"client.crt\"",
+            "cache.key_file",
+        ),
+    ];
+    for (cache, key) in cases {
+        let text = MINIMAL.replace("url = \"redis://127.0.0.1:6379/0\"", cache);
+        let error = parse(&text, &[]).unwrap_err().to_string();
+        assert!(error.starts_with(&format!("config key `{key}`")), "{error}");
+    }
+    let text = MINIMAL.replace(
+        "url = \"redis://127.0.0.1:6379/0\"",
+        "url = \"rediss://127.0.0.1:6380/0\"\nuser = \"switchyard\"\npassword_file = \"p\"\nca_file = \"ca.crt\"\ncert_file = \"c.crt\"\nkey_file = \"c.key\"",
+    );
+    let config = parse(&text, &[]).unwrap();
+    let shown = format!("{:?} {:?}", config.cache, config.graph);
+    assert!(
+        !shown.contains("secret"),
+        "a password in Debug output: {shown}"
+    );
+}
+
+#[test]
 fn refuses_dead_letters_inside_the_source_stream() {
     let text = MINIMAL.replace(
         "stream_subjects = [\"planning.>\"]",

@@ -3,9 +3,13 @@
 //! client certificate; a certificate the client cannot verify, a wrong
 //! password and a missing client certificate are each refused, naming why.
 
+use std::time::Duration;
+
 use switchyard::backend::CacheBackend;
 use switchyard::backend::valkey::{ValkeyCache, ValkeyOptions};
 use switchyard_tests::services;
+
+use crate::support::{HANDLER, Names, Options, TestService, existing, service_config, transition};
 
 /// Reads `SWITCHYARD_SECURE_<name>`, failing the test if it is missing.
 fn secure(name: &str) -> String {
@@ -40,13 +44,8 @@ fn with_client_cert(mut options: ValkeyOptions) -> ValkeyOptions {
     options
 }
 
-/// Sets a key through `cache`'s own server and deletes it through the
-/// backend: the connection does real work.
-async fn round_trip(url: &str, options: &ValkeyOptions) {
-    let cache = ValkeyCache::connect_with(url, options)
-        .await
-        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
-    let key = services::unique("tls-key-");
+/// A plain client of this test's own on the TLS server at `url`.
+async fn raw_connection(url: &str, options: &ValkeyOptions) -> redis::aio::MultiplexedConnection {
     let certificates = redis::TlsCertificates {
         client_tls: options
             .client_cert
@@ -65,13 +64,27 @@ async fn round_trip(url: &str, options: &ValkeyOptions) {
         .set_password(options.password.as_deref().unwrap());
     let client =
         redis::Client::build_with_tls(info.set_redis_settings(settings), certificates).unwrap();
-    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
+}
+
+async fn set(connection: &mut redis::aio::MultiplexedConnection, key: &str) {
     let _: () = redis::cmd("SET")
-        .arg(&key)
+        .arg(key)
         .arg("v")
-        .query_async(&mut raw)
+        .query_async(connection)
         .await
         .unwrap();
+}
+
+/// Sets a key with a client of its own and deletes it through the
+/// backend: the connection does real work.
+async fn round_trip(url: &str, options: &ValkeyOptions) {
+    let cache = ValkeyCache::connect_with(url, options)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    let key = services::unique("tls-key-");
+    let mut raw = raw_connection(url, options).await;
+    set(&mut raw, &key).await;
     assert_eq!(cache.delete(std::slice::from_ref(&key)).await.unwrap(), 1);
     let exists: u64 = redis::cmd("EXISTS")
         .arg(&key)
@@ -126,4 +139,33 @@ async fn a_wrong_password_is_refused_saying_so() {
 async fn a_missing_client_certificate_is_refused_where_one_is_required() {
     let error = refusal(&secure("REDIS_MTLS_URL"), &options()).await;
     assert!(!error.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_invalidates_over_rediss_with_the_password_from_a_file() {
+    let _servers = services::shared().await;
+    let url = secure("REDIS_URL");
+    let names = Names::new("s");
+    let mut config = service_config(&names, &Options::default(), None).parse();
+    config.cache.url = url.clone();
+    config.cache.user = Some(secure("REDIS_USER"));
+    config.cache.password_file = Some(secure("REDIS_PASSWORD_FILE").into());
+    config.cache.ca_file = Some(secure("CA").into());
+    let service = TestService::run(names, HANDLER, config, None).await;
+
+    let mut raw = raw_connection(&url, &options()).await;
+    let story = services::unique("TLS-");
+    let keys = [format!("context:{story}"), format!("context:{story}:dev")];
+    for key in &keys {
+        set(&mut raw, key).await;
+    }
+    service.publish(transition(&story, "t")).await;
+    services::eventually(Duration::from_secs(30), "keys deleted over TLS", || async {
+        match existing(&mut raw.clone(), &keys).await? {
+            0 => Ok(()),
+            n => Err(format!("{n} keys still there")),
+        }
+    })
+    .await;
+    service.stop().await;
 }
