@@ -6,7 +6,7 @@
 //! | `ack`             | ack                                                |
 //! | `retry(d)`        | nak with delay `d` (the handler's backoff if none); with an order key, retried in place |
 //! | `reject(reason)`  | publish to the dead-letter stream, then term       |
-//! | any, at the last delivery | dead-letter as above, with the last reason |
+//! | any, at the last delivery | dead-letter as above, the reason starting with the last cause (`guest panicked: <message>`, `stack overflow`, ...) |
 //!
 //! The host counts deliveries itself (the server's `max_deliver` is
 //! unlimited), so an event whose every delivery crashed its host is still
@@ -157,7 +157,8 @@ impl Settler {
                     .fault
                     .map(|f| f.to_string())
                     .unwrap_or_else(|| "the handler asked to retry".into());
-                let reason = format!("gave up after {attempt} deliveries (max_deliver {max_deliver}); last: {last}");
+                // The cause first: a reason is often cut short where it is shown.
+                let reason = format!("{last}; gave up after {attempt} deliveries (max_deliver {max_deliver})");
                 dead_letter(js, handler, nats, held, attempt, plugin.digest().as_str(), &reason).await;
             }
             Outcome::Reject { reason } => {
