@@ -145,7 +145,8 @@ fn default_drain_grace() -> Duration {
 }
 
 /// Exponential backoff with jitter: `base * 2^(attempt-1)`, capped at `max`,
-/// then scaled by a random factor in `[1 - jitter, 1]`.
+/// then scaled by a random factor in `[1 - jitter, 1]`. A delay a plugin
+/// asks for is capped at `max` too.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
@@ -186,6 +187,13 @@ impl RetryConfig {
         let jitter = self.jitter.clamp(0.0, 1.0);
         let factor = 1.0 - jitter * rand::random::<f64>();
         raw.mul_f64(factor)
+    }
+
+    /// The delay for a plugin's `retry(some(ms))`: at most `max`, so a huge
+    /// request cannot overflow the server's nanosecond delay into an
+    /// immediate redelivery.
+    pub fn requested(&self, millis: Duration) -> Duration {
+        millis.min(self.max)
     }
 }
 

@@ -152,6 +152,24 @@ fn refuses_unknown_url_scheme() {
 }
 
 #[test]
+fn plugin_retry_delay_is_clamped_to_retry_max() {
+    let retry = RetryConfig {
+        base: Duration::from_millis(100),
+        max: Duration::from_secs(60),
+        jitter: 0.0,
+    };
+    let max = Duration::from_secs(60);
+    assert_eq!(retry.requested(Duration::ZERO), Duration::ZERO);
+    assert_eq!(retry.requested(max), max);
+    assert_eq!(retry.requested(max + Duration::from_millis(1)), max);
+    assert_eq!(retry.requested(Duration::from_millis(u64::MAX)), max);
+    assert_eq!(
+        retry.requested(Duration::from_millis(9_300_000_000_000)),
+        max
+    );
+}
+
+#[test]
 fn backoff_grows_and_is_capped() {
     let retry = RetryConfig {
         base: Duration::from_millis(100),

@@ -4,7 +4,7 @@
 //! | outcome           | settlement                                         |
 //! |-------------------|----------------------------------------------------|
 //! | `ack`             | ack                                                |
-//! | `retry(d)`        | nak with delay `d` (the handler's backoff if none); with an order key, retried in place |
+//! | `retry(d)`        | nak with delay `d`, at most `retry.max` (the handler's backoff if none); with an order key, retried in place |
 //! | `reject(reason)`  | publish to the dead-letter stream, then term       |
 //! | any, at the last delivery | dead-letter as above, the reason starting with the last cause (`guest panicked: <message>`, `stack overflow`, ...) |
 //!
@@ -142,7 +142,11 @@ impl Settler {
             }
             Outcome::Retry { delay } if attempt < max_deliver => {
                 stats.retried.fetch_add(1, Ordering::Relaxed);
-                let delay = delay.unwrap_or_else(|| handler.config.retry.delay(attempt));
+                let retry = &handler.config.retry;
+                let delay = match delay {
+                    Some(requested) => retry.requested(requested),
+                    None => retry.delay(attempt),
+                };
                 if in_place {
                     tracing::debug!(retry_in = ?delay, "retrying in place; later events of the key wait");
                     return Step::RetryIn(delay);
