@@ -310,3 +310,14 @@ fn subject_filters_cover_and_match() {
     assert!(subject_matches(">", "switchyard.dead.x"));
     assert!(!subject_matches("planning.>", "switchyard.dead.x"));
 }
+
+#[test]
+fn unreadable_config_file_prints_the_os_error_once() {
+    let error = Config::load(Path::new("/nonexistent/switchyard.toml")).unwrap_err();
+    let chain = format!("{:#}", anyhow::Error::from(error));
+    assert_eq!(
+        chain.matches("No such file or directory").count(),
+        1,
+        "{chain}"
+    );
+}
