@@ -321,3 +321,16 @@ fn unreadable_config_file_prints_the_os_error_once() {
         "{chain}"
     );
 }
+
+#[test]
+fn list_in_handler_config_is_refused_naming_the_key_and_the_accepted_types() {
+    let text = MINIMAL.replace("key_prefix = \"context:\"", "key_prefix = [\"a\", \"b\"]");
+    let error = parse(&text, &[]).unwrap_err().to_string();
+    assert!(error.contains("handlers"), "{error}");
+    assert!(error.contains("`key_prefix` is array"), "{error}");
+    assert!(
+        error.contains("string, integer, float or boolean"),
+        "{error}"
+    );
+    assert!(!error.contains("untagged"), "{error}");
+}
