@@ -15,6 +15,38 @@ pub fn matches(pattern: &[u8], key: &[u8]) -> bool {
 }
 
 /// Whether `pattern` contains no glob specials, so it matches only itself.
+/// Why `pattern` is not a well-formed glob: a `[` without its `]`, or a
+/// `\\` with nothing after it to escape. Both match, but not what was meant.
+pub fn malformed(pattern: &[u8]) -> Option<&'static str> {
+    let mut i = 0;
+    while i < pattern.len() {
+        match pattern[i] {
+            b'\\' if i + 1 == pattern.len() => return Some("ends in a lone `\\`"),
+            b'\\' => i += 2,
+            b'[' => {
+                i += 1;
+                if pattern.get(i) == Some(&b'^') {
+                    i += 1;
+                }
+                loop {
+                    match pattern.get(i) {
+                        None => return Some("has a `[` without its `]`"),
+                        Some(b']') => break,
+                        Some(b'\\') if i + 1 == pattern.len() => {
+                            return Some("has a `[` without its `]`");
+                        }
+                        Some(b'\\') => i += 2,
+                        Some(_) => i += 1,
+                    }
+                }
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
 pub fn is_literal(pattern: &[u8]) -> bool {
     !pattern
         .iter()
@@ -270,6 +302,18 @@ mod tests {
         assert!(m("a\\*b", "a*b"));
         assert!(!m("a\\*b", "axb"));
         assert!(m("\\", "\\"), "a trailing backslash is literal");
+    }
+
+    #[test]
+    fn unterminated_classes_and_lone_backslashes_are_malformed() {
+        assert!(malformed(b"context:[").is_some());
+        assert!(malformed(b"context:\\").is_some());
+        assert!(malformed(b"a[^").is_some());
+        assert!(malformed(b"a[b\\").is_some());
+        assert_eq!(malformed(b"context:[ab]*"), None);
+        assert_eq!(malformed(b"a\\[b"), None);
+        assert_eq!(malformed(b"a[\\]]b"), None);
+        assert_eq!(malformed(b"plain:*:?"), None);
     }
 
     #[test]

@@ -237,6 +237,14 @@ pub enum Fault {
     Memory { limit: usize, detail: String },
     #[error("{0}")]
     HostCallLimit(String),
+    /// A guest panic (Rust's `unreachable` after the panic hook ran), with
+    /// the message when the guest's captured stderr holds one.
+    #[error("guest panicked{}", .0.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    Panic(Option<String>),
+    /// wasmtime's `StackOverflow` trap: the guest used up its wasm stack.
+    #[error("stack overflow")]
+    StackOverflow,
+    /// Any other trap, without its backtrace (which goes to the log).
     #[error("guest trapped: {0}")]
     Trap(String),
     #[error("could not instantiate plugin: {0}")]
@@ -245,13 +253,13 @@ pub enum Fault {
 
 impl Fault {
     /// A short name for metrics: `deadline`, `memory`, `host_call_limit`,
-    /// `trap` or `instantiate`.
+    /// `trap` (panics and stack overflows too) or `instantiate`.
     pub fn kind(&self) -> &'static str {
         match self {
             Fault::Deadline(_) => "deadline",
             Fault::Memory { .. } => "memory",
             Fault::HostCallLimit(_) => "host_call_limit",
-            Fault::Trap(_) => "trap",
+            Fault::Panic(_) | Fault::StackOverflow | Fault::Trap(_) => "trap",
             Fault::Instantiate(_) => "instantiate",
         }
     }
@@ -469,6 +477,7 @@ impl Runtime {
         started: Instant,
     ) -> (Result<WitOutcome, Fault>, Effects) {
         let limits = state.env.limits.clone();
+        let output = state.output.clone();
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state.limiter());
 
@@ -493,7 +502,7 @@ impl Runtime {
             instance
                 .call_handle(&mut store, event)
                 .await
-                .map_err(|e| classify(&e, &limits))
+                .map_err(|e| classify(&e, &limits, &output.contents()))
         };
         // The epoch only fires while guest code runs; this catches time
         // spent inside a host call that does not return.
@@ -519,11 +528,16 @@ async fn run_native(
     }
 }
 
-fn classify(error: &wasmtime::Error, limits: &Limits) -> Fault {
+/// The fault a failed call stands for. Its text is the cause alone, short
+/// enough to be a dead letter's reason; a trap's wasm backtrace is logged
+/// here instead. `output` is what the guest wrote to stdout/stderr, where a
+/// Rust guest's panic hook leaves the message.
+fn classify(error: &wasmtime::Error, limits: &Limits, output: &[u8]) -> Fault {
     if let Some(exceeded) = error.downcast_ref::<HostCallLimitExceeded>() {
         return Fault::HostCallLimit(exceeded.to_string());
     }
-    if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
+    let trap = error.downcast_ref::<Trap>();
+    if let Some(Trap::Interrupt) = trap {
         return Fault::Deadline(limits.deadline);
     }
     let detail = format!("{error:#}");
@@ -533,7 +547,33 @@ fn classify(error: &wasmtime::Error, limits: &Limits) -> Fault {
             detail,
         };
     }
-    Fault::Trap(detail)
+    let backtrace = error.downcast_ref::<wasmtime::WasmBacktrace>();
+    tracing::warn!(
+        trap = %detail,
+        backtrace = %backtrace.map(|b| b.to_string()).unwrap_or_default(),
+        "guest trapped"
+    );
+    match trap {
+        Some(Trap::StackOverflow) => Fault::StackOverflow,
+        Some(Trap::UnreachableCodeReached) => Fault::Panic(panic_message(output)),
+        Some(trap) => Fault::Trap(trap.to_string()),
+        None => Fault::Trap(error.to_string()),
+    }
+}
+
+/// The message of the last Rust panic in a guest's output: the lines after
+/// `panicked at <file:line:col>:` up to the `note:` the hook adds.
+pub fn panic_message(output: &[u8]) -> Option<String> {
+    let output = String::from_utf8_lossy(output);
+    let (_, after) = output.rsplit_once(" panicked at ")?;
+    let (_, rest) = after.split_once('\n')?;
+    let message: Vec<&str> = rest
+        .lines()
+        .take_while(|line| !line.starts_with("note: "))
+        .collect();
+    let message = message.join("\n");
+    let message = message.trim();
+    (!message.is_empty()).then(|| message.to_owned())
 }
 
 impl Drop for Runtime {

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use switchyard::runtime::{Fault, LoadError, Runtime, RuntimeConfig};
+use switchyard::runtime::{Fault, LoadError, Runtime, RuntimeConfig, panic_message};
 use switchyard_testing::{Harness, Limits, Outcome};
 use switchyard_tests::artifacts::{HOSTILE, V010, WRONG_WORLD};
 
@@ -57,10 +57,10 @@ fn allocation_past_the_memory_cap_traps() {
 fn panic_becomes_retry_and_the_next_event_succeeds() {
     let mut guest = hostile(Limits::default());
     let sent = guest.send_raw(SUBJECT, "panic");
-    match sent.assert_fault() {
-        Fault::Trap(detail) => assert!(detail.contains("unreachable"), "{detail}"),
-        other => panic!("expected a trap, got {other:?}"),
-    }
+    assert_eq!(
+        sent.assert_fault(),
+        Fault::Panic(Some("hostile guest panicked on purpose".into()))
+    );
     assert!(
         sent.dispatch
             .output
@@ -75,12 +75,29 @@ fn panic_becomes_retry_and_the_next_event_succeeds() {
 fn unbounded_recursion_traps_on_stack_overflow() {
     let mut guest = hostile(Limits::default());
     let sent = guest.send_raw(SUBJECT, "recurse");
-    assert!(
-        matches!(sent.assert_fault(), Fault::Trap(_)),
-        "{:?}",
-        sent.fault()
-    );
+    assert_eq!(sent.assert_fault(), Fault::StackOverflow);
     guest.send_raw(SUBJECT, "ok").assert_ack();
+}
+
+#[test]
+fn trap_reasons_start_with_the_cause_and_leave_the_backtrace_out() {
+    let mut guest = hostile(Limits::default());
+    let panic = guest.send_raw(SUBJECT, "panic").assert_fault().to_string();
+    assert_eq!(panic, "guest panicked: hostile guest panicked on purpose");
+    let overflow = guest
+        .send_raw(SUBJECT, "recurse")
+        .assert_fault()
+        .to_string();
+    assert_eq!(overflow, "stack overflow");
+}
+
+#[test]
+fn panic_message_is_read_from_the_guest_output_or_left_out() {
+    let output = b"thread '<unnamed>' panicked at src/lib.rs:60:24:\nno such key\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+    assert_eq!(panic_message(output).as_deref(), Some("no such key"));
+    assert_eq!(panic_message(b""), None);
+    assert_eq!(panic_message(b"some log line\n"), None);
+    assert_eq!(Fault::Panic(None).to_string(), "guest panicked");
 }
 
 #[test]

@@ -96,27 +96,25 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<
 fn string_map<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<BTreeMap<String, String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Scalar {
-        Text(String),
-        Integer(i64),
-        Float(f64),
-        Boolean(bool),
-    }
-    let raw = BTreeMap::<String, Scalar>::deserialize(deserializer)?;
-    Ok(raw
-        .into_iter()
+    use serde::de::Error as _;
+    let raw = BTreeMap::<String, toml::Value>::deserialize(deserializer)?;
+    raw.into_iter()
         .map(|(key, value)| {
             let text = match value {
-                Scalar::Text(s) => s,
-                Scalar::Integer(i) => i.to_string(),
-                Scalar::Float(f) => f.to_string(),
-                Scalar::Boolean(b) => b.to_string(),
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(D::Error::custom(format!(
+                        "`{key}` is {}; a config value must be a string, integer, float or boolean",
+                        other.type_str()
+                    )));
+                }
             };
-            (key, text)
+            Ok((key, text))
         })
-        .collect())
+        .collect()
 }
 
 fn default_max_deliver() -> u32 {
@@ -145,7 +143,8 @@ fn default_drain_grace() -> Duration {
 }
 
 /// Exponential backoff with jitter: `base * 2^(attempt-1)`, capped at `max`,
-/// then scaled by a random factor in `[1 - jitter, 1]`.
+/// then scaled by a random factor in `[1 - jitter, 1]`. A delay a plugin
+/// asks for is capped at `max` too.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
@@ -186,6 +185,13 @@ impl RetryConfig {
         let jitter = self.jitter.clamp(0.0, 1.0);
         let factor = 1.0 - jitter * rand::random::<f64>();
         raw.mul_f64(factor)
+    }
+
+    /// The delay for a plugin's `retry(some(ms))`: at most `max`, so a huge
+    /// request cannot overflow the server's nanosecond delay into an
+    /// immediate redelivery.
+    pub fn requested(&self, millis: Duration) -> Duration {
+        millis.min(self.max)
     }
 }
 

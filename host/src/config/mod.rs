@@ -40,9 +40,9 @@ impl Config {
     /// Reads `path`, applies `SWITCHYARD_...` overrides from the process
     /// environment, and checks the result.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         let mut config = Self::parse(&text, &path.display().to_string(), std::env::vars())?;
         // Plugin paths are relative to the config file, not to where the

@@ -205,6 +205,24 @@ fn refuses_unknown_url_scheme() {
 }
 
 #[test]
+fn plugin_retry_delay_is_clamped_to_retry_max() {
+    let retry = RetryConfig {
+        base: Duration::from_millis(100),
+        max: Duration::from_secs(60),
+        jitter: 0.0,
+    };
+    let max = Duration::from_secs(60);
+    assert_eq!(retry.requested(Duration::ZERO), Duration::ZERO);
+    assert_eq!(retry.requested(max), max);
+    assert_eq!(retry.requested(max + Duration::from_millis(1)), max);
+    assert_eq!(retry.requested(Duration::from_millis(u64::MAX)), max);
+    assert_eq!(
+        retry.requested(Duration::from_millis(9_300_000_000_000)),
+        max
+    );
+}
+
+#[test]
 fn backoff_grows_and_is_capped() {
     let retry = RetryConfig {
         base: Duration::from_millis(100),
@@ -344,4 +362,28 @@ fn subject_filters_cover_and_match() {
     assert!(!covers("planning.*", "planning.>"));
     assert!(subject_matches(">", "switchyard.dead.x"));
     assert!(!subject_matches("planning.>", "switchyard.dead.x"));
+}
+
+#[test]
+fn unreadable_config_file_prints_the_os_error_once() {
+    let error = Config::load(Path::new("/nonexistent/switchyard.toml")).unwrap_err();
+    let chain = format!("{:#}", anyhow::Error::from(error));
+    assert_eq!(
+        chain.matches("No such file or directory").count(),
+        1,
+        "{chain}"
+    );
+}
+
+#[test]
+fn list_in_handler_config_is_refused_naming_the_key_and_the_accepted_types() {
+    let text = MINIMAL.replace("key_prefix = \"context:\"", "key_prefix = [\"a\", \"b\"]");
+    let error = parse(&text, &[]).unwrap_err().to_string();
+    assert!(error.contains("handlers"), "{error}");
+    assert!(error.contains("`key_prefix` is array"), "{error}");
+    assert!(
+        error.contains("string, integer, float or boolean"),
+        "{error}"
+    );
+    assert!(!error.contains("untagged"), "{error}");
 }

@@ -4,9 +4,9 @@
 //! | outcome           | settlement                                         |
 //! |-------------------|----------------------------------------------------|
 //! | `ack`             | ack                                                |
-//! | `retry(d)`        | nak with delay `d` (the handler's backoff if none); with an order key, retried in place |
+//! | `retry(d)`        | nak with delay `d`, at most `retry.max` (the handler's backoff if none); with an order key, retried in place |
 //! | `reject(reason)`  | publish to the dead-letter stream, then term       |
-//! | any, at the last delivery | dead-letter as above, with the last reason |
+//! | any, at the last delivery | dead-letter as above, the reason starting with the last cause (`guest panicked: <message>`, `stack overflow`, ...) |
 //!
 //! The host counts deliveries itself (the server's `max_deliver` is
 //! unlimited), so an event whose every delivery crashed its host is still
@@ -142,7 +142,11 @@ impl Settler {
             }
             Outcome::Retry { delay } if attempt < max_deliver => {
                 stats.retried.fetch_add(1, Ordering::Relaxed);
-                let delay = delay.unwrap_or_else(|| handler.config.retry.delay(attempt));
+                let retry = &handler.config.retry;
+                let delay = match delay {
+                    Some(requested) => retry.requested(requested),
+                    None => retry.delay(attempt),
+                };
                 if in_place {
                     tracing::debug!(retry_in = ?delay, "retrying in place; later events of the key wait");
                     return Step::RetryIn(delay);
@@ -157,7 +161,8 @@ impl Settler {
                     .fault
                     .map(|f| f.to_string())
                     .unwrap_or_else(|| "the handler asked to retry".into());
-                let reason = format!("gave up after {attempt} deliveries (max_deliver {max_deliver}); last: {last}");
+                // The cause first: a reason is often cut short where it is shown.
+                let reason = format!("{last}; gave up after {attempt} deliveries (max_deliver {max_deliver})");
                 dead_letter(js, handler, nats, held, attempt, plugin.digest().as_str(), &reason).await;
             }
             Outcome::Reject { reason } => {

@@ -71,32 +71,36 @@ impl Default for GrantsConfig {
 
 impl GrantsConfig {
     /// Checks the table; an error names the field and the problem.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
-        for pattern in &self.cache_keys {
+    pub fn check(&self) -> Result<(), (String, String)> {
+        for (index, pattern) in self.cache_keys.iter().enumerate() {
+            let field = || format!("cache_keys[{index}]");
             if pattern.is_empty() || pattern.len() > MAX_KEY_BYTES {
                 return Err((
-                    "cache_keys",
+                    field(),
                     format!("pattern {pattern:?} must be 1 to {MAX_KEY_BYTES} bytes"),
                 ));
             }
+            if let Some(problem) = crate::glob::malformed(pattern.as_bytes()) {
+                return Err((field(), format!("pattern {pattern:?} {problem}")));
+            }
             if star_runs(&parse(pattern.as_bytes())) > MAX_GRANT_STARS {
                 return Err((
-                    "cache_keys",
+                    field(),
                     format!("pattern {pattern:?} has more than {MAX_GRANT_STARS} `*`"),
                 ));
             }
         }
         if self.max_delete_keys == 0 || self.max_delete_keys as usize > MAX_DELETE_KEYS {
             return Err((
-                "max_delete_keys",
+                "max_delete_keys".into(),
                 format!("must be between 1 and {MAX_DELETE_KEYS}"),
             ));
         }
         for label in &self.graph_labels {
-            check_identifier("label", label).map_err(|e| ("graph_labels", e))?;
+            check_identifier("label", label).map_err(|e| ("graph_labels".into(), e))?;
         }
         for kind in &self.graph_relations {
-            check_identifier("relation kind", kind).map_err(|e| ("graph_relations", e))?;
+            check_identifier("relation kind", kind).map_err(|e| ("graph_relations".into(), e))?;
         }
         Ok(())
     }

@@ -489,10 +489,20 @@ fn labels_and_relation_kinds_are_granted_by_name() {
 }
 
 #[test]
+fn malformed_grant_globs_are_refused_naming_the_pattern() {
+    for bad in ["context:[", "context:\\"] {
+        let table = format!("cache_keys = [\"ok:*\", {bad:?}]");
+        let (field, message) = config(&table).check().unwrap_err();
+        assert_eq!(field, "cache_keys[1]", "{bad}");
+        assert!(message.contains(&format!("{bad:?}")), "{message}");
+    }
+}
+
+#[test]
 fn config_check_names_the_bad_field() {
     assert_eq!(
         config("cache_keys = [\"\"]").check().unwrap_err().0,
-        "cache_keys"
+        "cache_keys[0]"
     );
     assert_eq!(
         config("max_delete_keys = 0").check().unwrap_err().0,
@@ -514,7 +524,7 @@ fn config_check_names_the_bad_field() {
         "graph_relations"
     );
     let many_stars = format!("cache_keys = [\"{}\"]", "a*".repeat(65));
-    assert_eq!(config(&many_stars).check().unwrap_err().0, "cache_keys");
+    assert_eq!(config(&many_stars).check().unwrap_err().0, "cache_keys[0]");
     assert!(
         config("cache_keys = [\"context:*\"]\ngraph_labels = [\"PhaseTransition\"]")
             .check()

@@ -148,7 +148,7 @@ async fn unbounded_recursion_exhausts_the_stack_and_is_dead_lettered() {
     dead_lettered(
         &service,
         "recurse",
-        &["gave up after 2 deliveries", "guest trapped"],
+        &["stack overflow; gave up after 2 deliveries"],
     )
     .await;
     service.stop().await;
@@ -161,7 +161,7 @@ async fn panic_is_a_trap_and_is_dead_lettered() {
     dead_lettered(
         &service,
         "panic",
-        &["gave up after 2 deliveries", "guest trapped"],
+        &["guest panicked: hostile guest panicked on purpose; gave up after 2 deliveries"],
     )
     .await;
     service.stop().await;
