@@ -311,7 +311,7 @@ fn interpret(mut outer: Fields) -> Result<Transition, Rejection> {
 }
 
 /// Checks what one object must satisfy on its own: no duplicate field and
-/// a known `event_type`, if any.
+/// a known `event_type`, if any (`null` is not one).
 fn check_level(fields: &Fields, prefix: &str) -> Result<(), Rejection> {
     if let Some(name) = fields.duplicate {
         return Err(Rejection::DuplicateField {
@@ -319,7 +319,7 @@ fn check_level(fields: &Fields, prefix: &str) -> Result<(), Rejection> {
         });
     }
     match &fields.event_type {
-        None | Some(Raw::Null) => Ok(()),
+        None => Ok(()),
         Some(Raw::String(value)) if EVENT_TYPES.contains(&value.as_str()) => Ok(()),
         Some(Raw::String(value)) => Err(Rejection::UnexpectedEventType {
             field: format!("{prefix}event_type"),
@@ -1255,6 +1255,14 @@ mod tests {
         let r = rejected(r#"{"payload":{"event_type":"x","story_id":"S"},"timestamp":"t"}"#);
         assert!(
             matches!(r, Rejection::UnexpectedEventType { field, .. } if field == "payload.event_type")
+        );
+    }
+
+    #[test]
+    fn rejects_null_event_type_naming_the_field() {
+        assert_eq!(
+            rejected(r#"{"event_type":null,"story_id":"S","timestamp":"t"}"#),
+            wrong_type("event_type", "a string", JsonType::Null)
         );
     }
 
