@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Serialize;
 use serde_json::{Map, Value as Json, json};
 
@@ -53,7 +55,9 @@ impl EventSpec {
     /// Parses one line of an events file:
     /// `{"subject": "...", "payload": <JSON>, "headers": {"name": "value"}}`.
     /// A JSON string payload is sent as its raw bytes; any other JSON value
-    /// is sent serialised.
+    /// is sent serialised. Bytes that are not UTF-8 (anything the stream can
+    /// carry) are given as `"payload_base64": "<standard base64>"` instead
+    /// of `payload`.
     pub fn parse_line(line: &str) -> Result<Self, String> {
         let value: Json = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
         let Json::Object(object) = value else {
@@ -68,10 +72,17 @@ impl EventSpec {
             Some(_) => return Err("\"subject\" must be a non-empty string".into()),
             None => return Err("missing \"subject\"".into()),
         };
-        let payload = match object.remove("payload") {
-            Some(Json::String(raw)) => raw.into_bytes(),
-            Some(value) => value.to_string().into_bytes(),
-            None => return Err("missing \"payload\"".into()),
+        let payload = match (object.remove("payload"), object.remove("payload_base64")) {
+            (Some(_), Some(_)) => {
+                return Err("give \"payload\" or \"payload_base64\", not both".into());
+            }
+            (Some(Json::String(raw)), None) => raw.into_bytes(),
+            (Some(value), None) => value.to_string().into_bytes(),
+            (None, Some(Json::String(encoded))) => BASE64
+                .decode(encoded.trim())
+                .map_err(|e| format!("\"payload_base64\" is not standard base64: {e}"))?,
+            (None, Some(_)) => return Err("\"payload_base64\" must be a string".into()),
+            (None, None) => return Err("missing \"payload\" (or \"payload_base64\")".into()),
         };
         let headers = match object.remove("headers") {
             None | Some(Json::Null) => Vec::new(),
@@ -86,7 +97,7 @@ impl EventSpec {
         };
         if let Some(unknown) = object.keys().next() {
             return Err(format!(
-                "unknown field {unknown:?} (expected subject, payload, headers)"
+                "unknown field {unknown:?} (expected subject, payload or payload_base64, headers)"
             ));
         }
         Ok(EventSpec {

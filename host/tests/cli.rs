@@ -120,6 +120,37 @@ fn test_command_reports_rejects_with_their_reason_and_config_is_applied() {
     assert_eq!(report["cache_keys"], serde_json::json!(["context:S1"]));
 }
 
+/// The offline gate can feed what the stream can carry: a payload that is
+/// not UTF-8, given as base64, reaches the plugin byte for byte and is
+/// rejected for what it is, and the valid event beside it is handled.
+#[test]
+fn test_command_feeds_a_payload_that_is_not_utf8_given_as_base64() {
+    // 0xff is never valid UTF-8.
+    let events = temp_file(
+        "binary.jsonl",
+        "{\"subject\":\"s\",\"payload_base64\":\"/3sicyI6MX0=\"}\n{\"subject\":\"s\",\"payload_base64\":\"eyJzdG9yeV9pZCI6IlMxIiwidGltZXN0YW1wIjoidCJ9\"}\n",
+    );
+    let cache = temp_file("binary-cache.json", "{\"context:S1\": \"v\"}");
+    let output = switchyard()
+        .args(["test", STORY_TRANSITIONS, "--json", "--events"])
+        .arg(&events)
+        .arg("--cache")
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["results"][0]["outcome"], "reject", "{report}");
+    let detail = report["results"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("UTF-8"), "{detail}");
+    assert_eq!(report["results"][1]["outcome"], "ack", "{report}");
+    assert_eq!(report["cache_keys"], serde_json::json!([]));
+}
+
 #[test]
 fn test_command_refuses_a_plugin_of_the_wrong_world_in_one_line() {
     let output = switchyard()

@@ -181,6 +181,29 @@ fn events_file_lines_parse_into_events() {
     assert_eq!(error, "line 2: missing \"subject\"");
 }
 
+#[test]
+fn payload_base64_carries_bytes_that_are_not_utf8_and_refuses_ambiguity() {
+    use switchyard::isolation::EventSpec;
+    let events = EventSpec::parse_lines("{\"subject\":\"a\",\"payload_base64\":\"/w97\"}").unwrap();
+    assert_eq!(events[0].payload, [0xff, 0x0f, 0x7b]);
+    let both =
+        EventSpec::parse_lines("{\"subject\":\"a\",\"payload\":1,\"payload_base64\":\"AA==\"}")
+            .unwrap_err();
+    assert_eq!(
+        both,
+        "line 1: give \"payload\" or \"payload_base64\", not both"
+    );
+    let bad = EventSpec::parse_lines("{\"subject\":\"a\",\"payload_base64\":\"not base64!\"}")
+        .unwrap_err();
+    assert!(
+        bad.starts_with("line 1: \"payload_base64\" is not standard base64"),
+        "{bad}"
+    );
+    let not_string =
+        EventSpec::parse_lines("{\"subject\":\"a\",\"payload_base64\":[1]}").unwrap_err();
+    assert_eq!(not_string, "line 1: \"payload_base64\" must be a string");
+}
+
 /// With one instance slot, three events dispatched at once take turns:
 /// each runs to its own outcome instead of failing to instantiate.
 #[test]

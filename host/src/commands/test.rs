@@ -16,7 +16,8 @@ use switchyard::isolation::{EventResult, EventSpec, Isolation, Profile};
 pub struct TestArgs {
     /// The plugin component (`.wasm`).
     plugin: PathBuf,
-    /// Events as JSON lines: {"subject": "...", "payload": <JSON>, "headers": {...}}.
+    /// Events as JSON lines: {"subject": "...", "payload": <JSON>, "headers": {...}};
+    /// bytes that are not UTF-8 as "payload_base64": "<base64>" instead of "payload".
     #[arg(long)]
     events: PathBuf,
     /// A JSON object of key to value seeding the cache.
