@@ -50,12 +50,14 @@ pub mod identifier;
 pub mod isolation;
 pub mod limits;
 pub mod metrics;
+pub mod nats;
 pub mod pointer;
 pub mod process;
 pub mod runtime;
 pub mod secret;
 pub mod service;
 pub mod telemetry;
+pub mod tls;
 
 /// Locks `mutex`, recovering it if a thread panicked while holding it.
 /// Every mutex in the host guards state that a panic cannot leave half

@@ -21,6 +21,27 @@ pub fn mask_url(url: &str) -> String {
     format!("{}{masked}{}", &url[..scheme_end], &rest[at..])
 }
 
+/// A secret given inline or in a file (the Kubernetes and systemd
+/// credential convention; one trailing newline ignored). A file that
+/// cannot be read is an error naming `file_key`; its content never
+/// appears in one.
+pub fn read(
+    file_key: &str,
+    inline: Option<&str>,
+    file: &Option<std::path::PathBuf>,
+) -> anyhow::Result<Option<String>> {
+    match file {
+        None => Ok(inline.map(str::to_string)),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                anyhow::anyhow!("config key `{file_key}`: cannot read {}: {error}", path.display())
+            })?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            Ok(Some(text.strip_suffix('\r').unwrap_or(text).to_string()))
+        }
+    }
+}
+
 /// Every URL in a comma-separated list (NATS takes several), masked.
 pub fn mask_urls(urls: &str) -> String {
     urls.split(',').map(mask_url).collect::<Vec<_>>().join(",")

@@ -67,7 +67,9 @@ pub async fn run_with(
 
     // Plugins before backends: a plugin that cannot load is a configuration
     // error and must stop start-up before any event is consumed.
-    let nats = delivery::connect(&config.nats, health.clone()).await?;
+    let Some(nats) = delivery::connect(&config.nats, health.clone(), &shutdown).await? else {
+        return Ok(());
+    };
     if !delivery::wait_for_jetstream(&nats, &config.nats, &shutdown).await {
         return Ok(());
     }
@@ -245,21 +247,27 @@ pub async fn connect_backends(
     } else {
         let url = config.cache.url.clone();
         let options = valkey_options(&config.cache)?;
-        Arc::new(retry_connect("cache", &url, || ValkeyCache::connect_with(&url, &options)).await)
+        Arc::new(retry_connect("cache", &url, || ValkeyCache::connect_with(&url, &options)).await?)
     };
     health.cache.store(true, Ordering::Relaxed);
     let graph: Arc<dyn GraphBackend> = if config.graph.url.starts_with("memory://") {
         tracing::warn!("graph.url is memory://: graph effects stay in this process");
         Arc::new(MemoryGraph::default())
     } else {
-        let password = secret(
+        let password = crate::secret::read(
             "graph.password_file",
             Some(&config.graph.password),
             &config.graph.password_file,
         )?
         .unwrap_or_default();
         let (url, user, password) = (&config.graph.url, &config.graph.user, &password);
-        Arc::new(retry_connect("graph", url, || Neo4jGraph::connect(url, user, password)).await)
+        let ca = config.graph.ca_file.as_deref();
+        Arc::new(
+            retry_connect("graph", url, || {
+                Neo4jGraph::connect_with(url, user, password, ca)
+            })
+            .await?,
+        )
     };
     health.graph.store(true, Ordering::Relaxed);
     Ok((Backends { cache, graph }, memory_cache))
@@ -306,7 +314,7 @@ fn valkey_options(cache: &CacheConfig) -> anyhow::Result<ValkeyOptions> {
     };
     Ok(ValkeyOptions {
         user: cache.user.clone(),
-        password: secret(
+        password: crate::secret::read(
             "cache.password_file",
             cache.password.as_deref(),
             &cache.password_file,
@@ -316,25 +324,10 @@ fn valkey_options(cache: &CacheConfig) -> anyhow::Result<ValkeyOptions> {
     })
 }
 
-/// A secret given inline or in a file (one trailing newline ignored).
-fn secret(
-    file_key: &str,
-    inline: Option<&str>,
-    file: &Option<std::path::PathBuf>,
-) -> anyhow::Result<Option<String>> {
-    match file {
-        None => Ok(inline.map(str::to_string)),
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| {
-                format!("config key `{file_key}`: cannot read {}", path.display())
-            })?;
-            let text = text.strip_suffix('\n').unwrap_or(&text);
-            Ok(Some(text.strip_suffix('\r').unwrap_or(text).to_string()))
-        }
-    }
-}
-
-async fn retry_connect<T, F, Fut>(what: &str, url: &str, mut connect: F) -> T
+/// Connects, retrying what retrying can fix with one warning per attempt;
+/// a refusal (credentials, TLS) ends start-up with an error naming the
+/// server and the cause.
+async fn retry_connect<T, F, Fut>(what: &str, url: &str, mut connect: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, BackendError>>,
@@ -345,7 +338,10 @@ where
         match connect().await {
             Ok(backend) => {
                 tracing::info!(backend = what, url = %mask_url(url), "connected");
-                return backend;
+                return Ok(backend);
+            }
+            Err(error @ BackendError::Refused { .. }) => {
+                anyhow::bail!("{what} at {}: {error}", mask_url(url));
             }
             Err(error) => {
                 tracing::warn!(backend = what, url = %mask_url(url), attempt, %error, retry_in = ?delay, "backend not answering; not ready until it does");

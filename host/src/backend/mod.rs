@@ -45,6 +45,13 @@ pub enum BackendError {
         backend: &'static str,
         detail: String,
     },
+    /// The server refused the connection in a way retrying cannot fix:
+    /// credentials not accepted, or TLS failed (an untrusted certificate).
+    #[error("{backend} refused the connection: {detail}")]
+    Refused {
+        backend: &'static str,
+        detail: String,
+    },
     /// The server refused or failed the request.
     #[error("{backend} error: {detail}")]
     Other {

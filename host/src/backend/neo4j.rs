@@ -40,11 +40,28 @@ pub struct Neo4jGraph {
 impl Neo4jGraph {
     /// Connects to `url` (`bolt://host:port`) and checks it answers.
     pub async fn connect(url: &str, user: &str, password: &str) -> Result<Self, BackendError> {
-        let config = ConfigBuilder::default()
+        Self::connect_with(url, user, password, None).await
+    }
+
+    /// [`connect`](Self::connect) with `ca_file`, the CA certificates
+    /// (PEM) a `+s`/`+ssc` URL's server is verified with beside the
+    /// system's. Credentials refused or TLS failing is
+    /// [`BackendError::Refused`].
+    pub async fn connect_with(
+        url: &str,
+        user: &str,
+        password: &str,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, BackendError> {
+        let mut builder = ConfigBuilder::default()
             .uri(url)
             .user(user)
             .password(password)
-            .max_connections(16)
+            .max_connections(16);
+        if let Some(ca) = ca_file {
+            builder = builder.with_client_certificate(ca);
+        }
+        let config = builder
             .build()
             .map_err(|e| BackendError::Invalid {
                 backend: BACKEND,
@@ -52,7 +69,7 @@ impl Neo4jGraph {
             })?;
         let graph = timed(Graph::connect(config)).await?;
         let backend = Neo4jGraph::on(graph);
-        backend.ping().await?;
+        backend.ping().await.map_err(refused)?;
         Ok(backend)
     }
 
@@ -108,10 +125,38 @@ async fn timed<T>(
     }
 }
 
+/// A failed first query that retrying cannot fix becomes
+/// [`BackendError::Refused`]: the server refused the credentials, or TLS
+/// failed.
+fn refused(error: BackendError) -> BackendError {
+    match error {
+        BackendError::Refused { .. } => error,
+        BackendError::Other { detail, .. } | BackendError::Unavailable { detail, .. }
+            if detail.contains("Neo.ClientError.Security") =>
+        {
+            BackendError::Refused {
+                backend: BACKEND,
+                detail: format!("{detail} (check graph.user and graph.password)"),
+            }
+        }
+        other => other,
+    }
+}
+
 fn classify(error: neo4rs::Error) -> BackendError {
     use neo4rs::Error as E;
     let detail = error.to_string();
+    if let Some(tls) = crate::tls::failure(&error, "graph.ca_file") {
+        return BackendError::Refused {
+            backend: BACKEND,
+            detail: tls,
+        };
+    }
     match &error {
+        E::AuthenticationError(_) => BackendError::Refused {
+            backend: BACKEND,
+            detail: format!("{detail} (check graph.user and graph.password)"),
+        },
         E::IOError { .. } | E::ConnectionError => BackendError::Unavailable {
             backend: BACKEND,
             detail,

@@ -105,7 +105,7 @@ impl ValkeyCache {
             .set_max_delay(Duration::from_millis(500));
         let connection = ConnectionManager::new_with_config(client, config)
             .await
-            .map_err(|e| classify(&e))?;
+            .map_err(|e| refused(&e).unwrap_or_else(|| classify(&e)))?;
         Ok(ValkeyCache::on(connection))
     }
 }
@@ -168,6 +168,24 @@ fn split(patterns: &[Compiled]) -> (Vec<&[u8]>, Vec<Compiled>) {
     exact.sort_unstable();
     exact.dedup();
     (exact, swept)
+}
+
+/// A failed connect that retrying cannot fix: credentials refused, or TLS
+/// failed.
+fn refused(error: &RedisError) -> Option<BackendError> {
+    let detail = if let Some(tls) = crate::tls::failure(error, "cache.ca_file") {
+        tls
+    } else if error.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+    {
+        format!("{error} (check cache.user and cache.password)")
+    } else {
+        return None;
+    };
+    Some(BackendError::Refused {
+        backend: BACKEND,
+        detail,
+    })
 }
 
 fn classify(error: &RedisError) -> BackendError {

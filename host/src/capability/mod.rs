@@ -200,7 +200,7 @@ impl HostState {
                 self.effects.errors.invalid += 1;
                 WitError::Invalid(message)
             }
-            BackendError::Other { .. } => {
+            BackendError::Other { .. } | BackendError::Refused { .. } => {
                 self.effects.errors.other += 1;
                 WitError::Other(message)
             }

@@ -14,15 +14,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use switchyard::config::Config;
+use switchyard::config::NatsConfig;
 use switchyard::delivery::dead_letter::DeadLetterSource;
 use switchyard::delivery::dead_letter::read::{DeadLetter, DeadLetterReader};
 use switchyard::delivery::dead_letter::replay::replay_dead_letters;
-use switchyard::secret::mask_urls;
 
 #[derive(Args)]
 pub struct DlqArgs {
@@ -79,11 +78,11 @@ struct Target {
 }
 
 impl Target {
-    /// The NATS URL and where the handler's dead letters are.
-    fn resolve(&self) -> anyhow::Result<(String, DeadLetterSource)> {
-        match &self.config {
-            Some(path) => {
-                let config = Config::load(path)?;
+    /// The NATS settings and where the handler's dead letters are.
+    fn resolve(&self) -> anyhow::Result<(NatsConfig, DeadLetterSource)> {
+        let (nats, config) = super::nats_settings(self.config.as_deref(), &self.nats)?;
+        match (&self.config, config) {
+            (Some(path), Some(config)) => {
                 if !config.handlers.iter().any(|h| h.name == self.handler) {
                     eprintln!(
                         "switchyard: note: no handler `{}` in {}; reading its dead letters anyway",
@@ -92,16 +91,16 @@ impl Target {
                     );
                 }
                 let source = DeadLetterSource::new(
-                    &config.nats.dead_letter_stream,
-                    &config.nats.dead_letter_subject,
+                    &nats.dead_letter_stream,
+                    &nats.dead_letter_subject,
                     &self.handler,
                 );
-                Ok((config.nats.url, source))
+                Ok((nats, source))
             }
-            None => Ok((
-                self.nats.clone(),
-                DeadLetterSource::new(&self.stream, &self.subject, &self.handler),
-            )),
+            _ => {
+                let source = DeadLetterSource::new(&self.stream, &self.subject, &self.handler);
+                Ok((nats, source))
+            }
         }
     }
 }
@@ -127,19 +126,14 @@ pub fn run(args: DlqArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn connect(url: &str) -> anyhow::Result<async_nats::jetstream::Context> {
-    let client = async_nats::ConnectOptions::new()
-        .name("switchyard-dlq")
-        .connection_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {}", mask_urls(url)))?;
+async fn connect(nats: &NatsConfig) -> anyhow::Result<async_nats::jetstream::Context> {
+    let client = super::connect(nats, "switchyard-dlq").await?;
     Ok(async_nats::jetstream::new(client))
 }
 
 async fn list(target: &Target, filter: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
-    let (url, source) = target.resolve()?;
-    let js = connect(&url).await?;
+    let (nats, source) = target.resolve()?;
+    let js = connect(&nats).await?;
     let mut reader = DeadLetterReader::open(&js, &source).await?;
     if !json {
         println!(
@@ -187,8 +181,8 @@ async fn replay(
     filter: Option<&str>,
     limit: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
-    let (url, source) = target.resolve()?;
-    let js = connect(&url).await?;
+    let (nats, source) = target.resolve()?;
+    let js = connect(&nats).await?;
     let report = replay_dead_letters(&js, &source, filter, limit, |letter, result| match result {
         Ok(sequence) => println!(
             "replayed dead letter {} to {} (sequence {sequence}); deleted",

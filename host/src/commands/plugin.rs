@@ -15,7 +15,6 @@ use switchyard::fleet::status::gather_status;
 use switchyard::isolation::{Fixture, Profile, run_fixtures};
 use switchyard::process::now_ms;
 use switchyard::runtime::{Runtime, RuntimeConfig};
-use switchyard::secret::mask_urls;
 
 /// Where the control plane is: a service configuration, or a NATS URL with
 /// the default bucket names.
@@ -36,21 +35,7 @@ pub struct Connection {
 
 impl Connection {
     fn resolve(&self) -> anyhow::Result<(NatsConfig, Option<Config>)> {
-        match &self.config {
-            Some(path) => {
-                let config = Config::load(path)?;
-                Ok((config.nats.clone(), Some(config)))
-            }
-            None => {
-                let toml = format!(
-                    "url = {:?}\nstream = \"UNUSED\"\nstream_subjects = [\"unused.>\"]\n",
-                    self.nats
-                );
-                let nats: NatsConfig =
-                    toml::from_str(&toml).context("building the NATS settings")?;
-                Ok((nats, None))
-            }
-        }
+        super::nats_settings(self.config.as_deref(), &self.nats)
     }
 }
 
@@ -114,9 +99,7 @@ fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> 
 }
 
 async fn connect(nats: &NatsConfig) -> anyhow::Result<async_nats::Client> {
-    async_nats::connect(&nats.url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {}", mask_urls(&nats.url)))
+    super::connect(nats, "switchyard-cli").await
 }
 
 fn describe(version: &Version) -> String {

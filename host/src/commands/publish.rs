@@ -1,4 +1,4 @@
-//! `switchyard publish --events FILE [--nats URL]`: publishes an events
+//! `switchyard publish --events FILE [--config FILE | --nats URL]`: publishes an events
 //! file (the `switchyard test` format) to JetStream, waiting for the
 //! stream's acknowledgement of each event.
 
@@ -15,7 +15,10 @@ pub struct PublishArgs {
     /// Events as JSON lines: {"subject": "...", "payload": <JSON>, "headers": {...}}.
     #[arg(long)]
     events: PathBuf,
-    /// The NATS server.
+    /// A service configuration: its NATS servers, TLS and credentials.
+    #[arg(long, env = "SWITCHYARD_CONFIG", conflicts_with = "nats")]
+    config: Option<PathBuf>,
+    /// The NATS server, when no --config is given.
     #[arg(
         long,
         default_value = "nats://127.0.0.1:4222",
@@ -34,9 +37,8 @@ pub fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let client = async_nats::connect(&args.nats)
-            .await
-            .with_context(|| format!("cannot connect to NATS at {}", mask_urls(&args.nats)))?;
+        let (nats, _) = super::nats_settings(args.config.as_deref(), &args.nats)?;
+        let client = super::connect(&nats, "switchyard-publish").await?;
         let js = async_nats::jetstream::new(client);
         for (i, event) in events.iter().enumerate() {
             let mut headers = async_nats::HeaderMap::new();
@@ -57,7 +59,11 @@ pub fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        println!("published {} events to {}", events.len(), args.nats);
+        println!(
+            "published {} events to {}",
+            events.len(),
+            mask_urls(&nats.url)
+        );
         Ok(ExitCode::SUCCESS)
     })
 }

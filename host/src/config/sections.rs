@@ -22,10 +22,45 @@ pub struct Config {
     pub handlers: Vec<HandlerConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
+    /// `nats://host:port` or `tls://host:port`; several servers of one
+    /// cluster separated by commas.
     pub url: String,
+    /// CA certificates (PEM) to verify the server with, instead of the
+    /// system's. Any TLS setting makes TLS required.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (PEM), with `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// TLS before the server's greeting, for servers with
+    /// `handshake_first`.
+    #[serde(default)]
+    pub tls_first: bool,
+    /// Authentication: at most one of user and password, token, NKey seed
+    /// or credentials file. Each secret inline or in a `*_file`.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// An NKey user seed (`SU...`).
+    #[serde(default)]
+    pub nkey_seed: Option<String>,
+    #[serde(default)]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// A credentials file (user JWT and NKey seed), as `nsc` writes them.
+    #[serde(default)]
+    pub creds_file: Option<PathBuf>,
     /// The source stream, created when missing.
     pub stream: String,
     /// Subjects of the source stream, used when creating it.
@@ -107,8 +142,13 @@ pub struct CacheConfig {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GraphConfig {
-    /// `bolt://host:port` or `memory://`.
+    /// `bolt://host:port`, `bolt+s://` (TLS), `bolt+ssc://`, `neo4j://`,
+    /// `neo4j+s://`, `neo4j+ssc://` or `memory://`.
     pub url: String,
+    /// With a `+s`/`+ssc` URL: CA certificates (PEM) to verify the server
+    /// with, instead of the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     #[serde(default)]
     pub user: String,
     #[serde(default)]
@@ -159,6 +199,36 @@ impl Default for RuntimeSection {
     }
 }
 
+/// Never prints a password, token or seed.
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |secret: &Option<String>| secret.as_ref().map(|_| "***");
+        f.debug_struct("NatsConfig")
+            .field("url", &crate::secret::mask_urls(&self.url))
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("tls_first", &self.tls_first)
+            .field("user", &self.user)
+            .field("password", &hidden(&self.password))
+            .field("password_file", &self.password_file)
+            .field("token", &hidden(&self.token))
+            .field("token_file", &self.token_file)
+            .field("nkey_seed", &hidden(&self.nkey_seed))
+            .field("nkey_seed_file", &self.nkey_seed_file)
+            .field("creds_file", &self.creds_file)
+            .field("stream", &self.stream)
+            .field("stream_subjects", &self.stream_subjects)
+            .field("dead_letter_stream", &self.dead_letter_stream)
+            .field("dead_letter_subject", &self.dead_letter_subject)
+            .field("plugin_bucket", &self.plugin_bucket)
+            .field("plugin_kv", &self.plugin_kv)
+            .field("control_subject", &self.control_subject)
+            .field("lease_kv", &self.lease_kv)
+            .finish()
+    }
+}
+
 /// Never prints a password.
 impl std::fmt::Debug for CacheConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -183,6 +253,7 @@ impl std::fmt::Debug for GraphConfig {
             .field("user", &self.user)
             .field("password", &(!self.password.is_empty()).then_some("***"))
             .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }

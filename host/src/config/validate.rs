@@ -36,21 +36,89 @@ fn check_cache_access(cache: &super::sections::CacheConfig) -> Result<(), Config
     Ok(())
 }
 
-pub fn validate(config: &Config) -> Result<(), ConfigError> {
-    check_url("nats.url", &config.nats.url, &["nats", "tls"])?;
-    check_url(
-        "cache.url",
-        &config.cache.url,
-        &["redis", "rediss", "memory"],
-    )?;
-    check_url("graph.url", &config.graph.url, &["bolt", "neo4j", "memory"])?;
-    check_cache_access(&config.cache)?;
-    if config.graph.password_file.is_some() && !config.graph.password.is_empty() {
+/// NATS: each server URL a nats:// or tls:// one, at most one way to
+/// authenticate, each secret from one place, a client certificate with
+/// its key.
+fn check_nats_access(nats: &super::sections::NatsConfig) -> Result<(), ConfigError> {
+    for url in nats.url.split(',') {
+        check_url("nats.url", url.trim(), &["nats", "tls"])?;
+    }
+    let pairs = [
+        ("nats.password_file", nats.password.is_some(), nats.password_file.is_some(), "password"),
+        ("nats.token_file", nats.token.is_some(), nats.token_file.is_some(), "token"),
+        ("nats.nkey_seed_file", nats.nkey_seed.is_some(), nats.nkey_seed_file.is_some(), "nkey_seed"),
+    ];
+    for (key, inline, file, name) in pairs {
+        if inline && file {
+            return Err(invalid(key, format!("set `{name}` or `{name}_file`, not both")));
+        }
+    }
+    let password = nats.password.is_some() || nats.password_file.is_some();
+    if password != nats.user.is_some() {
+        return Err(invalid(
+            if password { "nats.user" } else { "nats.password" },
+            "user and password go together",
+        ));
+    }
+    let methods: Vec<&str> = [
+        ("user", nats.user.is_some()),
+        ("token", nats.token.is_some() || nats.token_file.is_some()),
+        ("nkey_seed", nats.nkey_seed.is_some() || nats.nkey_seed_file.is_some()),
+        ("creds_file", nats.creds_file.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    if let [first, second, ..] = methods[..] {
+        return Err(invalid(
+            format!("nats.{second}"),
+            format!("one way to authenticate: `{first}` is set already"),
+        ));
+    }
+    if nats.cert_file.is_some() != nats.key_file.is_some() {
+        return Err(invalid(
+            "nats.key_file",
+            "a client certificate needs both `cert_file` and `key_file`",
+        ));
+    }
+    Ok(())
+}
+
+/// Neo4j: certificates only with an encrypted (`+s`/`+ssc`) URL.
+fn check_graph_access(graph: &super::sections::GraphConfig) -> Result<(), ConfigError> {
+    if graph.password_file.is_some() && !graph.password.is_empty() {
         return Err(invalid(
             "graph.password_file",
             "set `password` or `password_file`, not both",
         ));
     }
+    let encrypted = graph
+        .url
+        .split_once("://")
+        .is_some_and(|(scheme, _)| scheme.ends_with("+s") || scheme.ends_with("+ssc"));
+    if graph.ca_file.is_some() && !encrypted {
+        return Err(invalid(
+            "graph.ca_file",
+            "certificates need a bolt+s://, bolt+ssc://, neo4j+s:// or neo4j+ssc:// graph.url",
+        ));
+    }
+    Ok(())
+}
+
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    check_nats_access(&config.nats)?;
+    check_url(
+        "cache.url",
+        &config.cache.url,
+        &["redis", "rediss", "memory"],
+    )?;
+    check_url(
+        "graph.url",
+        &config.graph.url,
+        &["bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc", "memory"],
+    )?;
+    check_cache_access(&config.cache)?;
+    check_graph_access(&config.graph)?;
     if config.cache.seed.is_some() && !config.cache.url.starts_with("memory://") {
         return Err(invalid(
             "cache.seed",

@@ -23,37 +23,72 @@ use crate::handler::Handler;
 use crate::health::Health;
 use crate::secret::mask_urls;
 
-/// Connects to NATS. The client reconnects by itself for as long as the
-/// process lives; `health.nats` follows the connection state.
-pub async fn connect(config: &NatsConfig, health: Arc<Health>) -> anyhow::Result<Context> {
-    let events = health.clone();
-    let client = async_nats::ConnectOptions::new()
-        .name("switchyard")
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .event_callback(move |event| {
-            let health = events.clone();
-            async move {
-                match event {
-                    async_nats::Event::Connected => {
-                        health.nats.store(true, Ordering::Relaxed);
-                        tracing::info!("NATS connected");
-                    }
-                    async_nats::Event::Disconnected => {
-                        health.nats.store(false, Ordering::Relaxed);
-                        tracing::warn!("NATS disconnected; reconnecting");
-                    }
-                    other => tracing::debug!(event = %other, "NATS event"),
+/// Connects to NATS with the configuration's TLS and credentials. A server
+/// that is down or unreachable is retried, one warning per attempt naming
+/// the server and the cause, readiness false meanwhile; what retrying
+/// cannot fix (credentials refused, an untrusted certificate, a secret
+/// file missing) is an error naming the server and the cause. Once
+/// connected the client reconnects by itself for as long as the process
+/// lives; `health.nats` follows the connection state. `None` when
+/// `shutdown` came first.
+pub async fn connect(
+    config: &NatsConfig,
+    health: Arc<Health>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Context>> {
+    let url = mask_urls(&config.url);
+    let mut delay = Duration::from_millis(250);
+    for attempt in 1u32.. {
+        let options = crate::nats::options(config, "switchyard")?
+            .max_reconnects(None)
+            .event_callback({
+                let health = health.clone();
+                let url: Arc<str> = url.as_str().into();
+                move |event| on_event(health.clone(), url.clone(), event)
+            });
+        let error = tokio::select! {
+            connected = options.connect(config.url.as_str()) => match connected {
+                Ok(client) => {
+                    health.nats.store(true, Ordering::Relaxed);
+                    return Ok(Some(async_nats::jetstream::new(client)));
                 }
-            }
-        })
-        .connect(&config.url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {}", mask_urls(&config.url)))?;
-    if client.connection_state() == async_nats::connection::State::Connected {
-        health.nats.store(true, Ordering::Relaxed);
+                Err(error) => error,
+            },
+            () = shutdown.cancelled() => return Ok(None),
+        };
+        if crate::nats::refusal(&error).is_some() {
+            return Err(crate::nats::describe(&config.url, &error));
+        }
+        tracing::warn!(%url, attempt, %error, retry_in = ?delay, "NATS not answering; not ready until it does");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return Ok(None),
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
-    Ok(async_nats::jetstream::new(client))
+    Ok(None)
+}
+
+/// Follows the connection after the first connect: readiness, and a
+/// warning for each failed reconnect or server error.
+async fn on_event(health: Arc<Health>, url: Arc<str>, event: async_nats::Event) {
+    match event {
+        async_nats::Event::Connected => {
+            health.nats.store(true, Ordering::Relaxed);
+            tracing::info!(%url, "NATS connected");
+        }
+        async_nats::Event::Disconnected => {
+            health.nats.store(false, Ordering::Relaxed);
+            tracing::warn!("NATS disconnected; reconnecting");
+        }
+        async_nats::Event::ClientError(error) => {
+            tracing::warn!(%error, "NATS reconnect failed; retrying");
+        }
+        async_nats::Event::ServerError(error) => {
+            tracing::warn!(%error, "NATS server error");
+        }
+        other => tracing::debug!(event = %other, "NATS event"),
+    }
 }
 
 /// Waits until JetStream answers on the connection, so that an unreachable
