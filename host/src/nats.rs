@@ -22,8 +22,8 @@ use crate::secret::{self, mask_urls};
 pub fn options(config: &NatsConfig, name: &str) -> anyhow::Result<ConnectOptions> {
     let mut options = match &config.creds_file {
         Some(path) => {
-            let creds = secret::read("nats.creds_file", None, &Some(path.clone()))?
-                .unwrap_or_default();
+            let creds =
+                secret::read("nats.creds_file", None, &Some(path.clone()))?.unwrap_or_default();
             ConnectOptions::with_credentials(&creds).map_err(|error| {
                 anyhow::anyhow!(
                     "config key `nats.creds_file`: {} is not a credentials file: {error}",
@@ -42,9 +42,11 @@ pub fn options(config: &NatsConfig, name: &str) -> anyhow::Result<ConnectOptions
         let user = config.user.clone().unwrap_or_default();
         options = options.user_and_password(user, password);
     }
-    if let Some(token) =
-        secret::read("nats.token_file", config.token.as_deref(), &config.token_file)?
-    {
+    if let Some(token) = secret::read(
+        "nats.token_file",
+        config.token.as_deref(),
+        &config.token_file,
+    )? {
         options = options.token(token);
     }
     if let Some(seed) = secret::read(
@@ -62,7 +64,10 @@ pub fn options(config: &NatsConfig, name: &str) -> anyhow::Result<ConnectOptions
     ] {
         if let Some(path) = file {
             std::fs::metadata(path).map_err(|error| {
-                anyhow::anyhow!("config key `{key}`: cannot read {}: {error}", path.display())
+                anyhow::anyhow!(
+                    "config key `{key}`: cannot read {}: {error}",
+                    path.display()
+                )
             })?;
         }
     }
@@ -88,6 +93,15 @@ fn check_seed(seed: &str) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("config key `nats.nkey_seed`: not an NKey seed (`SU...`)"))
 }
 
+/// The servers of a comma-separated `nats.url`.
+pub fn servers(url: &str) -> Vec<String> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|server| !server.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// One connection attempt for a command: fails after `timeout` with an
 /// error naming the server and the cause.
 pub async fn connect_once(
@@ -97,7 +111,7 @@ pub async fn connect_once(
 ) -> anyhow::Result<async_nats::Client> {
     options(config, name)?
         .connection_timeout(timeout)
-        .connect(config.url.as_str())
+        .connect(servers(&config.url))
         .await
         .map_err(|error| describe(&config.url, &error))
 }
@@ -107,7 +121,16 @@ pub fn describe(url: &str, error: &ConnectError) -> anyhow::Error {
     let url = mask_urls(url);
     match refusal(error) {
         Some(cause) => anyhow::anyhow!("NATS at {url} refused the connection: {cause}"),
-        None => anyhow::anyhow!("cannot connect to NATS at {url}: {error}"),
+        None => anyhow::anyhow!("cannot connect to NATS at {url}: {error}{}", hint(error)),
+    }
+}
+
+/// A likely fix for a failure that is retried.
+fn hint(error: &ConnectError) -> &'static str {
+    if error.to_string().contains("expected INFO") {
+        "; a server with TLS `handshake_first` needs `nats.tls_first = true`"
+    } else {
+        ""
     }
 }
 

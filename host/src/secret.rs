@@ -34,7 +34,10 @@ pub fn read(
         None => Ok(inline.map(str::to_string)),
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|error| {
-                anyhow::anyhow!("config key `{file_key}`: cannot read {}: {error}", path.display())
+                anyhow::anyhow!(
+                    "config key `{file_key}`: cannot read {}: {error}",
+                    path.display()
+                )
             })?;
             let text = text.strip_suffix('\n').unwrap_or(&text);
             Ok(Some(text.strip_suffix('\r').unwrap_or(text).to_string()))

@@ -61,15 +61,18 @@ impl Neo4jGraph {
         if let Some(ca) = ca_file {
             builder = builder.with_client_certificate(ca);
         }
-        let config = builder
-            .build()
-            .map_err(|e| BackendError::Invalid {
-                backend: BACKEND,
-                detail: format!("bad configuration for {:?}: {e}", mask_url(url)),
-            })?;
+        let config = builder.build().map_err(|e| BackendError::Invalid {
+            backend: BACKEND,
+            detail: format!("bad configuration for {:?}: {e}", mask_url(url)),
+        })?;
         let graph = timed(Graph::connect(config)).await?;
+        // A transaction opens one connection without the driver's retries
+        // (which would retry refused credentials for a minute): the real
+        // cause of a refusal surfaces at once.
+        let probe = timed(graph.start_txn()).await.map_err(refused)?;
+        timed(probe.rollback()).await?;
         let backend = Neo4jGraph::on(graph);
-        backend.ping().await.map_err(refused)?;
+        backend.ping().await?;
         Ok(backend)
     }
 

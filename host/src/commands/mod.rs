@@ -29,9 +29,8 @@ pub fn nats_settings(
             Ok((config.nats.clone(), Some(config)))
         }
         None => {
-            let toml = format!(
-                "url = {url:?}\nstream = \"UNUSED\"\nstream_subjects = [\"unused.>\"]\n"
-            );
+            let toml =
+                format!("url = {url:?}\nstream = \"UNUSED\"\nstream_subjects = [\"unused.>\"]\n");
             let nats: NatsConfig = toml::from_str(&toml).context("building the NATS settings")?;
             Ok((nats, None))
         }

@@ -44,26 +44,51 @@ fn check_nats_access(nats: &super::sections::NatsConfig) -> Result<(), ConfigErr
         check_url("nats.url", url.trim(), &["nats", "tls"])?;
     }
     let pairs = [
-        ("nats.password_file", nats.password.is_some(), nats.password_file.is_some(), "password"),
-        ("nats.token_file", nats.token.is_some(), nats.token_file.is_some(), "token"),
-        ("nats.nkey_seed_file", nats.nkey_seed.is_some(), nats.nkey_seed_file.is_some(), "nkey_seed"),
+        (
+            "nats.password_file",
+            nats.password.is_some(),
+            nats.password_file.is_some(),
+            "password",
+        ),
+        (
+            "nats.token_file",
+            nats.token.is_some(),
+            nats.token_file.is_some(),
+            "token",
+        ),
+        (
+            "nats.nkey_seed_file",
+            nats.nkey_seed.is_some(),
+            nats.nkey_seed_file.is_some(),
+            "nkey_seed",
+        ),
     ];
     for (key, inline, file, name) in pairs {
         if inline && file {
-            return Err(invalid(key, format!("set `{name}` or `{name}_file`, not both")));
+            return Err(invalid(
+                key,
+                format!("set `{name}` or `{name}_file`, not both"),
+            ));
         }
     }
     let password = nats.password.is_some() || nats.password_file.is_some();
     if password != nats.user.is_some() {
         return Err(invalid(
-            if password { "nats.user" } else { "nats.password" },
+            if password {
+                "nats.user"
+            } else {
+                "nats.password"
+            },
             "user and password go together",
         ));
     }
     let methods: Vec<&str> = [
         ("user", nats.user.is_some()),
         ("token", nats.token.is_some() || nats.token_file.is_some()),
-        ("nkey_seed", nats.nkey_seed.is_some() || nats.nkey_seed_file.is_some()),
+        (
+            "nkey_seed",
+            nats.nkey_seed.is_some() || nats.nkey_seed_file.is_some(),
+        ),
         ("creds_file", nats.creds_file.is_some()),
     ]
     .into_iter()
@@ -115,7 +140,15 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     check_url(
         "graph.url",
         &config.graph.url,
-        &["bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc", "memory"],
+        &[
+            "bolt",
+            "bolt+s",
+            "bolt+ssc",
+            "neo4j",
+            "neo4j+s",
+            "neo4j+ssc",
+            "memory",
+        ],
     )?;
     check_cache_access(&config.cache)?;
     check_graph_access(&config.graph)?;

@@ -47,7 +47,7 @@ pub async fn connect(
                 move |event| on_event(health.clone(), url.clone(), event)
             });
         let error = tokio::select! {
-            connected = options.connect(config.url.as_str()) => match connected {
+            connected = options.connect(crate::nats::servers(&config.url)) => match connected {
                 Ok(client) => {
                     health.nats.store(true, Ordering::Relaxed);
                     return Ok(Some(async_nats::jetstream::new(client)));
@@ -56,10 +56,11 @@ pub async fn connect(
             },
             () = shutdown.cancelled() => return Ok(None),
         };
+        let described = crate::nats::describe(&config.url, &error);
         if crate::nats::refusal(&error).is_some() {
-            return Err(crate::nats::describe(&config.url, &error));
+            return Err(described);
         }
-        tracing::warn!(%url, attempt, %error, retry_in = ?delay, "NATS not answering; not ready until it does");
+        tracing::warn!(attempt, retry_in = ?delay, "{described}; not ready until it answers");
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = shutdown.cancelled() => return Ok(None),

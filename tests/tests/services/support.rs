@@ -133,13 +133,14 @@ impl TestService {
     ) -> Self {
         let health = Arc::new(Health::default());
         let shutdown = CancellationToken::new();
+        let js = jetstream_for(&config.nats).await;
         let task = tokio::spawn(service::run(config, health.clone(), shutdown.clone()));
         let service = TestService {
             names,
             handler: handler.to_string(),
             listen,
             health,
-            js: services::jetstream().await,
+            js,
             shutdown,
             task,
         };
@@ -283,6 +284,18 @@ impl TestService {
             Err(_) => panic!("service did not stop within 40 s"),
         }
     }
+}
+
+/// A client on the NATS `nats` names: the shared test server, or a secure
+/// one with the same TLS and credentials the service uses.
+async fn jetstream_for(nats: &switchyard::config::NatsConfig) -> Context {
+    if nats.url == services::nats_url() {
+        return services::jetstream().await;
+    }
+    let client = switchyard::nats::connect_once(nats, "test-publisher", Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    async_nats::jetstream::new(client)
 }
 
 /// A flat transition event for `story` at `timestamp`.

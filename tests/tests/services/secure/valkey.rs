@@ -1,5 +1,4 @@
-//! Secure connections to the real TLS servers `scripts/secure-services`
-//! starts: Valkey over `rediss://` with an ACL user, with and without a
+//! Valkey over `rediss://` with an ACL user, with and without a
 //! client certificate; a certificate the client cannot verify, a wrong
 //! password and a missing client certificate are each refused, naming why.
 
@@ -9,28 +8,11 @@ use switchyard::backend::CacheBackend;
 use switchyard::backend::valkey::{ValkeyCache, ValkeyOptions};
 use switchyard_tests::services;
 
+use super::{read, secure};
 use crate::support::{HANDLER, Names, Options, TestService, existing, service_config, transition};
 
-/// Reads `SWITCHYARD_SECURE_<name>`, failing the test if it is missing.
-fn secure(name: &str) -> String {
-    let variable = format!("SWITCHYARD_SECURE_{name}");
-    match std::env::var(&variable) {
-        Ok(value) if !value.is_empty() => value,
-        _ => panic!(
-            "{variable} is not set: this test needs the TLS servers. Start them with \
-             `scripts/secure-services up` and export `scripts/secure-services env` \
-             (the README's test command does both)."
-        ),
-    }
-}
-
-fn read(name: &str) -> Vec<u8> {
-    let path = secure(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
-}
-
 /// The ACL user and password and the test CA; no client certificate.
-fn options() -> ValkeyOptions {
+pub(super) fn options() -> ValkeyOptions {
     ValkeyOptions {
         user: Some(secure("REDIS_USER")),
         password: Some(String::from_utf8(read("REDIS_PASSWORD_FILE")).unwrap()),
@@ -45,7 +27,10 @@ fn with_client_cert(mut options: ValkeyOptions) -> ValkeyOptions {
 }
 
 /// A plain client of this test's own on the TLS server at `url`.
-async fn raw_connection(url: &str, options: &ValkeyOptions) -> redis::aio::MultiplexedConnection {
+pub(super) async fn raw_connection(
+    url: &str,
+    options: &ValkeyOptions,
+) -> redis::aio::MultiplexedConnection {
     let certificates = redis::TlsCertificates {
         client_tls: options
             .client_cert
@@ -67,7 +52,7 @@ async fn raw_connection(url: &str, options: &ValkeyOptions) -> redis::aio::Multi
     client.get_multiplexed_async_connection().await.unwrap()
 }
 
-async fn set(connection: &mut redis::aio::MultiplexedConnection, key: &str) {
+pub(super) async fn set(connection: &mut redis::aio::MultiplexedConnection, key: &str) {
     let _: () = redis::cmd("SET")
         .arg(key)
         .arg("v")
