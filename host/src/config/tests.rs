@@ -387,3 +387,93 @@ fn list_in_handler_config_is_refused_naming_the_key_and_the_accepted_types() {
     );
     assert!(!error.contains("untagged"), "{error}");
 }
+
+fn with_nats(lines: &str) -> String {
+    MINIMAL.replace(
+        "stream_subjects = [\"planning.>\"]",
+        &format!("stream_subjects = [\"planning.>\"]\n{lines}"),
+    )
+}
+
+#[test]
+fn nats_tls_and_each_authentication_are_accepted() {
+    for lines in [
+        "ca_file = \"ca.crt\"\ncert_file = \"c.crt\"\nkey_file = \"c.key\"\ntls_first = true",
+        "user = \"switchyard\"\npassword_file = \"/run/secrets/nats-password\"",
+        "token_file = \"/run/secrets/nats-token\"",
+        "nkey_seed_file = \"/run/secrets/user.nk\"",
+        "creds_file = \"/run/secrets/user.creds\"",
+    ] {
+        parse(&with_nats(lines), &[]).unwrap_or_else(|e| panic!("{lines}: {e}"));
+    }
+}
+
+#[test]
+fn two_nats_authentications_are_refused_naming_the_second() {
+    let text = with_nats("token = \"t\"\ncreds_file = \"user.creds\"");
+    let error = parse(&text, &[]).unwrap_err().to_string();
+    assert!(error.starts_with("config key `nats.creds_file`"), "{error}");
+    assert!(error.contains("`token` is set already"), "{error}");
+}
+
+#[test]
+fn nats_secrets_from_two_places_or_half_a_pair_are_refused_naming_the_key() {
+    for (lines, key) in [
+        ("token = \"t\"\ntoken_file = \"f\"", "nats.token_file"),
+        ("nkey_seed = \"SU\"\nnkey_seed_file = \"f\"", "nats.nkey_seed_file"),
+        ("user = \"u\"", "nats.password"),
+        ("password = \"p\"", "nats.user"),
+        ("cert_file = \"c.crt\"", "nats.key_file"),
+    ] {
+        let error = parse(&with_nats(lines), &[]).unwrap_err().to_string();
+        assert!(error.starts_with(&format!("config key `{key}`")), "{lines}: {error}");
+    }
+}
+
+#[test]
+fn every_url_of_a_nats_server_list_is_checked() {
+    let text = MINIMAL.replace(
+        "url = \"nats://127.0.0.1:4222\"",
+        "url = \"nats://n1:4222, tls://n2:4222\"",
+    );
+    parse(&text, &[]).unwrap();
+    let text = MINIMAL.replace(
+        "url = \"nats://127.0.0.1:4222\"",
+        "url = \"nats://n1:4222,http://n2:4222\"",
+    );
+    let error = parse(&text, &[]).unwrap_err().to_string();
+    assert!(error.starts_with("config key `nats.url`"), "{error}");
+}
+
+#[test]
+fn graph_tls_urls_are_accepted_and_a_ca_needs_one() {
+    for scheme in ["bolt+s", "bolt+ssc", "neo4j+s", "neo4j+ssc"] {
+        let text = MINIMAL.replace(
+            "url = \"bolt://127.0.0.1:7687\"",
+            &format!("url = \"{scheme}://db:7687\"\nca_file = \"ca.crt\""),
+        );
+        parse(&text, &[]).unwrap_or_else(|e| panic!("{scheme}: {e}"));
+    }
+    let text = MINIMAL.replace(
+        "url = \"bolt://127.0.0.1:7687\"",
+        "url = \"bolt://db:7687\"\nca_file = \"ca.crt\"",
+    );
+    let error = parse(&text, &[]).unwrap_err().to_string();
+    assert!(error.starts_with("config key `graph.ca_file`"), "{error}");
+}
+
+#[test]
+fn nats_debug_output_hides_every_secret() {
+    let text = with_nats("user = \"u\"\npassword = \"pw-9d2e\"")
+        .replace("nats://127.0.0.1:4222", "nats://u:url-pw-41@127.0.0.1:4222");
+    let config = parse(&text, &[]).unwrap();
+    let printed = format!("{:?}", config.nats);
+    assert!(!printed.contains("pw-9d2e") && !printed.contains("url-pw-41"), "{printed}");
+    let mut token = config.nats.clone();
+    token.password = None;
+    token.user = None;
+    token.token = Some("tok-77".into());
+    token.nkey_seed = Some("SUseed-55".into());
+    let printed = format!("{token:?}");
+    assert!(!printed.contains("tok-77") && !printed.contains("SUseed-55"), "{printed}");
+}
