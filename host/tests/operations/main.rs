@@ -19,6 +19,8 @@ use switchyard_tests::artifacts::STORY_TRANSITIONS;
 use switchyard_tests::config::{Handler, Names, Plugin, Service};
 use switchyard_tests::services;
 
+mod secrets;
+
 const HANDLER: &str = "story-transitions";
 
 // --- plumbing -------------------------------------------------------------
@@ -152,11 +154,30 @@ struct Serve {
 impl Serve {
     fn start(names: &Names, plugin: Plugin, extra_args: &[&str]) -> Self {
         let port = free_port();
+        Self::start_with(
+            names,
+            port,
+            &config_toml(names, plugin, port),
+            extra_args,
+            &[],
+        )
+    }
+
+    /// `serve` on the configuration `toml`, whose `/metrics` is on `port`,
+    /// with the environment variables `env` set.
+    fn start_with(
+        names: &Names,
+        port: u16,
+        toml: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = temp_dir(&names.id);
         let config = dir.join(format!("switchyard-{port}.toml"));
-        std::fs::write(&config, config_toml(names, plugin, port)).unwrap();
+        std::fs::write(&config, toml).unwrap();
         let stderr = dir.join(format!("stderr-{port}.log"));
         let child = switchyard()
+            .envs(env.iter().copied())
             .args(extra_args)
             .arg("serve")
             .arg("--config")
