@@ -116,7 +116,7 @@ fn guest_error(error: BackendError) -> Error {
     match error {
         BackendError::Unavailable { .. } => Error::Unavailable(message),
         BackendError::Invalid { .. } => Error::Invalid(message),
-        BackendError::Other { .. } => Error::Other(message),
+        BackendError::Other { .. } | BackendError::Refused { .. } => Error::Other(message),
     }
 }
 

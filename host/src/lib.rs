@@ -25,14 +25,17 @@
 //! - [`capability`]: the host side of each import (`cache`, `graph`, `log`,
 //!   `config`): checks, effect counting, error conversion.
 //! - [`backend`]: where effects land: [`backend::memory`],
-//!   [`backend::valkey`], [`backend::neo4j`].
+//!   [`backend::valkey`], [`backend::neo4j`]. Beside it, [`nats`]: every
+//!   NATS connection the binary makes (servers, TLS, credentials, why a
+//!   server refused).
 //! - Data and rules everyone below may use, importing nothing above:
 //!   [`config`] (the TOML configuration and its overrides), [`grant`]
 //!   (what each handler may touch; scan-pattern containment), [`glob`]
 //!   (Valkey's matcher), [`limits`] (every bound the host enforces),
 //!   [`identifier`] (graph identifiers), [`pointer`](mod@pointer) (JSON pointers),
 //!   [`process`] (hostname, user, clock), [`secret`] (credentials masked
-//!   in what is printed), [`bindings`] (the one
+//!   in what is printed, secrets read from files), [`tls`] (why a TLS
+//!   handshake failed, in words), [`bindings`] (the one
 //!   `bindgen!` of the WIT world).
 
 pub mod backend;

@@ -178,7 +178,7 @@ fn refused(error: &RedisError) -> Option<BackendError> {
     } else if error.kind() == redis::ErrorKind::AuthenticationFailed
         || matches!(error.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
     {
-        format!("{error} (check cache.user and cache.password)")
+        format!("{error} (check cache.user and cache.password or password_file)")
     } else {
         return None;
     };

@@ -420,13 +420,19 @@ fn two_nats_authentications_are_refused_naming_the_second() {
 fn nats_secrets_from_two_places_or_half_a_pair_are_refused_naming_the_key() {
     for (lines, key) in [
         ("token = \"t\"\ntoken_file = \"f\"", "nats.token_file"),
-        ("nkey_seed = \"SU\"\nnkey_seed_file = \"f\"", "nats.nkey_seed_file"),
+        (
+            "nkey_seed = \"SU\"\nnkey_seed_file = \"f\"",
+            "nats.nkey_seed_file",
+        ),
         ("user = \"u\"", "nats.password"),
         ("password = \"p\"", "nats.user"),
         ("cert_file = \"c.crt\"", "nats.key_file"),
     ] {
         let error = parse(&with_nats(lines), &[]).unwrap_err().to_string();
-        assert!(error.starts_with(&format!("config key `{key}`")), "{lines}: {error}");
+        assert!(
+            error.starts_with(&format!("config key `{key}`")),
+            "{lines}: {error}"
+        );
     }
 }
 
@@ -468,12 +474,18 @@ fn nats_debug_output_hides_every_secret() {
         .replace("nats://127.0.0.1:4222", "nats://u:url-pw-41@127.0.0.1:4222");
     let config = parse(&text, &[]).unwrap();
     let printed = format!("{:?}", config.nats);
-    assert!(!printed.contains("pw-9d2e") && !printed.contains("url-pw-41"), "{printed}");
+    assert!(
+        !printed.contains("pw-9d2e") && !printed.contains("url-pw-41"),
+        "{printed}"
+    );
     let mut token = config.nats.clone();
     token.password = None;
     token.user = None;
     token.token = Some("tok-77".into());
     token.nkey_seed = Some("SUseed-55".into());
     let printed = format!("{token:?}");
-    assert!(!printed.contains("tok-77") && !printed.contains("SUseed-55"), "{printed}");
+    assert!(
+        !printed.contains("tok-77") && !printed.contains("SUseed-55"),
+        "{printed}"
+    );
 }
