@@ -1,7 +1,7 @@
 //! Secrets stay secret: the real binary on the TLS servers
 //! `scripts/secure-services` starts, with a password of each kind (NATS
 //! from the environment, Valkey in the URL, Neo4j from a file), serving
-//! events, answering `status` and `dlq list`, then started again with a
+//! events (spans exported over OTLP), answering `status` and `dlq list`, then started again with a
 //! wrong password for each server. No secret appears in any log line,
 //! command output, error or metric; each refusal names the server and the
 //! key to fix, and ends the process instead of retrying.
@@ -145,7 +145,9 @@ fn no_secret_appears_in_logs_outputs_errors_or_metrics() {
     let toml = secure_config(&names, port, &cache_password, &graph_password_file);
     let config = dir.join("secure.toml");
     std::fs::write(&config, &toml).unwrap();
-    let mut serve = Serve::start_with(&names, port, &toml, &[], &env);
+    let collector = Collector::start();
+    let endpoint = format!("http://127.0.0.1:{}", collector.port);
+    let mut serve = Serve::start_with(&names, port, &toml, &["--otlp-endpoint", &endpoint], &env);
     serve.wait_ready(Duration::from_secs(60));
 
     let events = dir.join("events.jsonl");
@@ -205,6 +207,12 @@ fn no_secret_appears_in_logs_outputs_errors_or_metrics() {
     let (_, health) = serve.get("/readyz").unwrap();
     assert_eq!(serve.terminate().code(), Some(0), "graceful drain exits 0");
     let logs = std::fs::read_to_string(dir.join(format!("stderr-{port}.log"))).unwrap();
+    let spans = collector.bodies_with("/v1/traces").concat();
+    assert!(
+        count(&spans, b"dispatch") >= 5,
+        "spans were exported, so the check below means something"
+    );
+    let spans = String::from_utf8_lossy(&spans).into_owned();
     for (what, text) in [
         ("the serve log", &logs),
         ("/metrics", &metrics),
@@ -212,6 +220,7 @@ fn no_secret_appears_in_logs_outputs_errors_or_metrics() {
         ("publish", &published),
         ("status", &status),
         ("dlq list", &dead),
+        ("the exported spans", &spans),
     ] {
         assert_no_secret(what, text, &secrets);
     }
