@@ -247,6 +247,13 @@ pub async fn connect_backends(
     } else {
         let url = config.cache.url.clone();
         let options = valkey_options(&config.cache)?;
+        if options.insecure {
+            tracing::warn!(
+                url = %crate::secret::mask_url(&url),
+                "cache.insecure is set: the cache server's certificate is NOT verified, so \
+                 anyone on the path to it can read and change its traffic; for testing only"
+            );
+        }
         Arc::new(retry_connect("cache", &url, || ValkeyCache::connect_with(&url, &options)).await?)
     };
     health.cache.store(true, Ordering::Relaxed);
@@ -321,6 +328,7 @@ fn valkey_options(cache: &CacheConfig) -> anyhow::Result<ValkeyOptions> {
         )?,
         ca: read("cache.ca_file", &cache.ca_file)?,
         client_cert,
+        insecure: cache.insecure,
     })
 }
 

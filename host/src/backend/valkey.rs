@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, ClientTlsConfig, IntoConnectionInfo as _, RedisError, TlsCertificates};
+use redis::{
+    Client, ClientTlsConfig, ConnectionAddr, IntoConnectionInfo as _, RedisError, TlsCertificates,
+};
 
 use super::sweep::Sweeper;
 use super::{BackendError, CacheBackend, ScanPage, Swept};
@@ -44,6 +46,8 @@ pub struct ValkeyOptions {
     pub ca: Option<Vec<u8>>,
     /// A client certificate and its key, for servers that ask for one.
     pub client_cert: Option<(Vec<u8>, Vec<u8>)>,
+    /// Accept any server certificate (`rediss://` only). For testing.
+    pub insecure: bool,
 }
 
 impl std::fmt::Debug for ValkeyOptions {
@@ -53,6 +57,7 @@ impl std::fmt::Debug for ValkeyOptions {
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("ca", &self.ca.is_some())
             .field("client_cert", &self.client_cert.is_some())
+            .field("insecure", &self.insecure)
             .finish()
     }
 }
@@ -80,6 +85,21 @@ impl ValkeyCache {
             settings = settings.set_password(password);
         }
         info = info.set_redis_settings(settings);
+        if options.insecure
+            && let ConnectionAddr::TcpTls {
+                host,
+                port,
+                tls_params,
+                ..
+            } = info.addr().clone()
+        {
+            info = info.set_addr(ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: true,
+                tls_params,
+            });
+        }
         let client = if options.ca.is_some() || options.client_cert.is_some() {
             let certificates = TlsCertificates {
                 client_tls: options

@@ -133,6 +133,10 @@ pub struct CacheConfig {
     pub cert_file: Option<PathBuf>,
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// With `rediss://`: do not verify the server's certificate. For
+    /// testing only; logged as a warning at every start.
+    #[serde(default)]
+    pub insecure: bool,
     /// With `memory://` only: a JSON object of key to value loaded at
     /// start-up, relative to the config file.
     #[serde(default)]
@@ -240,6 +244,7 @@ impl std::fmt::Debug for CacheConfig {
             .field("ca_file", &self.ca_file)
             .field("cert_file", &self.cert_file)
             .field("key_file", &self.key_file)
+            .field("insecure", &self.insecure)
             .field("seed", &self.seed)
             .finish()
     }

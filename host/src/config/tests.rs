@@ -155,6 +155,14 @@ fn refuses_cache_credentials_and_certificates_that_cannot_work_naming_the_key() 
             "url = \"rediss://127.0.0.1:6380/0\"\ncert_file = \"client.crt\"",
             "cache.key_file",
         ),
+        (
+            "url = \"redis://127.0.0.1:6379/0\"\ninsecure = true",
+            "cache.insecure",
+        ),
+        (
+            "url = \"rediss://127.0.0.1:6380/0\"\ninsecure = true\nca_file = \"ca.crt\"",
+            "cache.insecure",
+        ),
     ];
     for (cache, key) in cases {
         let text = MINIMAL.replace("url = \"redis://127.0.0.1:6379/0\"", cache);

@@ -27,6 +27,18 @@ fn check_cache_access(cache: &super::sections::CacheConfig) -> Result<(), Config
             return Err(invalid(key, "certificates need a rediss:// cache.url"));
         }
     }
+    if cache.insecure && !tls {
+        return Err(invalid(
+            "cache.insecure",
+            "only applies to a rediss:// cache.url",
+        ));
+    }
+    if cache.insecure && cache.ca_file.is_some() {
+        return Err(invalid(
+            "cache.insecure",
+            "skips verifying the server, so `ca_file` would be ignored; set one of them",
+        ));
+    }
     if cache.cert_file.is_some() != cache.key_file.is_some() {
         return Err(invalid(
             "cache.key_file",

@@ -18,6 +18,7 @@ pub(super) fn options() -> ValkeyOptions {
         password: Some(String::from_utf8(read("REDIS_PASSWORD_FILE")).unwrap()),
         ca: Some(read("CA")),
         client_cert: None,
+        insecure: false,
     }
 }
 
@@ -103,6 +104,29 @@ async fn a_server_certificate_from_another_ca_is_refused_saying_so() {
         error.to_lowercase().contains("certificate"),
         "the refusal should name the certificate: {error}"
     );
+}
+
+/// `insecure` (for testing) accepts the certificate the CA does not vouch
+/// for, and the connection does real work.
+#[tokio::test]
+async fn insecure_accepts_a_certificate_from_another_ca() {
+    let url = secure("REDIS_UNTRUSTED_URL");
+    let insecure = ValkeyOptions {
+        ca: None,
+        insecure: true,
+        ..options()
+    };
+    let cache = ValkeyCache::connect_with(&url, &insecure)
+        .await
+        .unwrap_or_else(|e| panic!("insecure connect to {url}: {e}"));
+    let raw_options = ValkeyOptions {
+        ca: Some(read("UNTRUSTED_CA")),
+        ..options()
+    };
+    let mut raw = raw_connection(&url, &raw_options).await;
+    let key = services::unique("insecure-key-");
+    set(&mut raw, &key).await;
+    assert_eq!(cache.delete(std::slice::from_ref(&key)).await.unwrap(), 1);
 }
 
 #[tokio::test]
