@@ -52,6 +52,8 @@ enum Command {
     Test(commands::test::TestArgs),
     /// List a handler's dead letters, or replay them to their original subjects.
     Dlq(commands::dlq::DlqArgs),
+    /// Check a configuration offline, or show it after overrides.
+    Config(commands::config::ConfigArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
         Command::Status(args) => commands::plugin::status(args),
         Command::Test(args) => commands::test::run(args),
         Command::Dlq(args) => commands::dlq::run(args),
+        Command::Config(args) => commands::config::run(args),
     };
     match result {
         Ok(code) => code,
@@ -105,8 +108,15 @@ fn init_logging(
             }
         },
     };
+    // Colour only for a person at a terminal: never in a file, a pipe or a
+    // journal, and never when NO_COLOR is set (https://no-color.org).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     let logs = match format {
-        LogFormat::Human => fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Human => fmt::layer()
+            .with_ansi(colour)
+            .with_writer(std::io::stderr)
+            .boxed(),
         LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
     };
     tracing_subscriber::registry()

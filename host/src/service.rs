@@ -199,7 +199,7 @@ async fn initial_plugin(
         (None, Some(object), Some(control)) => {
             let version = control.live(object).await?.with_context(|| {
                 format!(
-                    "handler `{}`: no version of `{object}` has been pushed (switchyard plugin push {object} FILE)",
+                    "handler `{}`: no version of `{object}` has been pushed (the first one: switchyard plugin push {object} FILE --allow-no-hosts)",
                     handler.name
                 )
             })?;

@@ -14,14 +14,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use switchyard::config::NatsConfig;
 use switchyard::delivery::dead_letter::DeadLetterSource;
 use switchyard::delivery::dead_letter::read::{DeadLetter, DeadLetterReader};
 use switchyard::delivery::dead_letter::replay::replay_dead_letters;
+use switchyard::fleet::status::gather_status;
 
 #[derive(Args)]
 pub struct DlqArgs {
@@ -60,7 +61,7 @@ struct Target {
     /// The handler whose dead letters these are.
     handler: String,
     /// The `serve` configuration: NATS URL, dead-letter stream and subject.
-    #[arg(long, conflicts_with_all = ["nats", "stream", "subject"])]
+    #[arg(long, env = "SWITCHYARD_CONFIG", conflicts_with_all = ["nats", "stream", "subject"])]
     config: Option<PathBuf>,
     /// The NATS server (without --config).
     #[arg(
@@ -77,33 +78,79 @@ struct Target {
     subject: String,
 }
 
+/// Where a handler's dead letters are, and whether the handler is known.
+struct Resolved {
+    nats: NatsConfig,
+    source: DeadLetterSource,
+    /// `Some(true)` when the configuration names the handler, `Some(false)`
+    /// when it does not, `None` without a configuration.
+    configured: Option<bool>,
+}
+
 impl Target {
     /// The NATS settings and where the handler's dead letters are.
-    fn resolve(&self) -> anyhow::Result<(NatsConfig, DeadLetterSource)> {
+    fn resolve(&self) -> anyhow::Result<Resolved> {
         let (nats, config) = super::nats_settings(self.config.as_deref(), &self.nats)?;
-        match (&self.config, config) {
-            (Some(path), Some(config)) => {
-                if !config.handlers.iter().any(|h| h.name == self.handler) {
-                    eprintln!(
-                        "switchyard: note: no handler `{}` in {}; reading its dead letters anyway",
-                        self.handler,
-                        path.display()
-                    );
-                }
-                let source = DeadLetterSource::new(
+        Ok(match config {
+            Some(config) => Resolved {
+                source: DeadLetterSource::new(
                     &nats.dead_letter_stream,
                     &nats.dead_letter_subject,
                     &self.handler,
-                );
-                Ok((nats, source))
-            }
-            _ => {
-                let source = DeadLetterSource::new(&self.stream, &self.subject, &self.handler);
-                Ok((nats, source))
+                ),
+                configured: Some(config.handlers.iter().any(|h| h.name == self.handler)),
+                nats,
+            },
+            None => Resolved {
+                source: DeadLetterSource::new(&self.stream, &self.subject, &self.handler),
+                configured: None,
+                nats,
+            },
+        })
+    }
+
+    /// With no dead letter found: an error when nothing says the handler
+    /// exists (the configuration, else a running host), so a mistyped name
+    /// does not pass for an empty queue.
+    async fn check_known(
+        &self,
+        resolved: &Resolved,
+        client: &async_nats::Client,
+    ) -> anyhow::Result<()> {
+        let handler = &self.handler;
+        match resolved.configured {
+            Some(true) => Ok(()),
+            Some(false) => bail!(
+                "no handler `{handler}` in {} and no dead letters for it in stream {}",
+                self.config
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                resolved.source.stream
+            ),
+            None => {
+                let subject = format!("{}.status", resolved.nats.control_subject);
+                let hosts = gather_status(client, &subject, HOSTS_WAIT).await?;
+                if hosts
+                    .iter()
+                    .any(|host| host.handlers.iter().any(|h| &h.handler == handler))
+                {
+                    return Ok(());
+                }
+                bail!(
+                    "no dead letters for `{handler}` in stream {}, and none of the {} hosts \
+                     answering on {subject} runs a handler by that name (is the name right? \
+                     `switchyard status` lists them)",
+                    resolved.source.stream,
+                    hosts.len()
+                )
             }
         }
     }
 }
+
+/// How long `dlq` waits for hosts to say which handlers they run.
+const HOSTS_WAIT: Duration = Duration::from_millis(500);
 
 pub fn run(args: DlqArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -126,15 +173,12 @@ pub fn run(args: DlqArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn connect(nats: &NatsConfig) -> anyhow::Result<async_nats::jetstream::Context> {
-    let client = super::connect(nats, "switchyard-dlq").await?;
-    Ok(async_nats::jetstream::new(client))
-}
-
 async fn list(target: &Target, filter: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
-    let (nats, source) = target.resolve()?;
-    let js = connect(&nats).await?;
-    let mut reader = DeadLetterReader::open(&js, &source).await?;
+    let resolved = target.resolve()?;
+    let source = &resolved.source;
+    let client = super::connect(&resolved.nats, "switchyard-dlq").await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let mut reader = DeadLetterReader::open(&js, source).await?;
     if !json {
         println!(
             "{:>8}  {:>9}  {:>10}  {:<19}  {:<32}  reason",
@@ -164,6 +208,15 @@ async fn list(target: &Target, filter: Option<&str>, json: bool) -> anyhow::Resu
             );
         }
     }
+    if seen == 0 {
+        target.check_known(&resolved, &client).await?;
+    } else if resolved.configured == Some(false) {
+        eprintln!(
+            "switchyard: note: no handler `{}` in the configuration; these are the dead \
+             letters it left",
+            target.handler
+        );
+    }
     if !json {
         let matching = filter
             .map(|f| format!(" ({shown} matching {f:?})"))
@@ -181,16 +234,24 @@ async fn replay(
     filter: Option<&str>,
     limit: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
-    let (nats, source) = target.resolve()?;
-    let js = connect(&nats).await?;
-    let report = replay_dead_letters(&js, &source, filter, limit, |letter, result| match result {
-        Ok(sequence) => println!(
-            "replayed dead letter {} to {} (sequence {sequence}); deleted",
-            letter.sequence, letter.original_subject
-        ),
-        Err(line) => eprintln!("switchyard: {line}"),
-    })
-    .await?;
+    let resolved = target.resolve()?;
+    let client = super::connect(&resolved.nats, "switchyard-dlq").await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let report =
+        replay_dead_letters(
+            &js,
+            &resolved.source,
+            filter,
+            limit,
+            |letter, result| match result {
+                Ok(sequence) => println!(
+                    "replayed dead letter {} to {} (sequence {sequence}); deleted",
+                    letter.sequence, letter.original_subject
+                ),
+                Err(line) => eprintln!("switchyard: {line}"),
+            },
+        )
+        .await?;
     println!(
         "{} replayed, {} failed, {} replayed but not deleted; {} read, {} matching",
         report.replayed,
@@ -199,6 +260,18 @@ async fn replay(
         report.seen,
         report.matched,
     );
+    if report.seen == 0 {
+        target.check_known(&resolved, &client).await?;
+        bail!("no dead letters of `{}`: nothing replayed", target.handler);
+    }
+    if report.matched == 0 {
+        bail!(
+            "none of the {} dead letters of `{}` matches {:?}: nothing replayed",
+            report.seen,
+            target.handler,
+            filter.unwrap_or_default()
+        );
+    }
     Ok(if report.failures.is_empty() {
         ExitCode::SUCCESS
     } else {

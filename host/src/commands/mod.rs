@@ -2,6 +2,7 @@
 //! takes its connection settings from [`nats_settings`]: a service
 //! configuration (with its TLS and credentials) or a bare URL.
 
+pub mod config;
 pub mod dlq;
 pub mod plugin;
 pub mod publish;

@@ -1,5 +1,9 @@
-//! `switchyard plugin push|history|rollback|promote` and `switchyard
+//! `switchyard plugin push|list|history|rollback|promote` and `switchyard
 //! status`: the fleet's plugin versions and hosts, through NATS.
+//!
+//! A command that finds nothing to act on fails: `status` when no host
+//! answers, `history` of a name nothing was pushed to, `push` to a name no
+//! running host follows (unless `--allow-no-hosts`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,7 +15,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use switchyard::config::{Config, NatsConfig};
 use switchyard::fleet::control::{ControlPlane, Version};
-use switchyard::fleet::status::gather_status;
+use switchyard::fleet::status::{HostStatus, gather_status};
 use switchyard::isolation::{Fixture, Profile, run_fixtures};
 use switchyard::process::now_ms;
 use switchyard::runtime::{Runtime, RuntimeConfig};
@@ -43,7 +47,9 @@ impl Connection {
 pub enum PluginCommand {
     /// Validate a component and make it the live version of NAME on every host.
     Push {
+        /// The plugin object: what hosts name in `plugin_object`.
         name: String,
+        /// The component (.wasm) to push.
         file: PathBuf,
         /// Events with expected outcomes the version must pass, here and on every host.
         #[arg(long)]
@@ -55,11 +61,28 @@ pub enum PluginCommand {
         /// release, a commit).
         #[arg(long)]
         label: Option<String>,
+        /// Store it even though no running host follows NAME (the first
+        /// version, before the hosts that will use it start).
+        #[arg(long)]
+        allow_no_hosts: bool,
+        /// How long to wait for hosts to say what they follow.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
+    /// Every plugin object with its live version, and the hosts running each.
+    List {
+        /// How long to wait for hosts to answer.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        wait: Duration,
     },
     /// The versions that were live for NAME, oldest first.
-    History { name: String },
+    History {
+        /// The plugin object.
+        name: String,
+    },
     /// Make an earlier version live again (the one before the current, or --to).
     Rollback {
+        /// The plugin object.
         name: String,
         /// A version from the history: its number (`#2`), digest, or a
         /// unique prefix of the digest's hex.
@@ -67,7 +90,10 @@ pub enum PluginCommand {
         to: Option<String>,
     },
     /// Make the shadow candidate of NAME live.
-    Promote { name: String },
+    Promote {
+        /// The plugin object.
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -128,7 +154,9 @@ pub fn run(args: PluginArgs) -> anyhow::Result<ExitCode> {
     let (nats, config) = args.connection.resolve()?;
     block_on(async move {
         let client = connect(&nats).await?;
-        let control = ControlPlane::open(&async_nats::jetstream::new(client), &nats).await?;
+        let control =
+            ControlPlane::open(&async_nats::jetstream::new(client.clone()), &nats).await?;
+        let status_subject = format!("{}.status", nats.control_subject);
         match args.command {
             PluginCommand::Push {
                 name,
@@ -136,6 +164,8 @@ pub fn run(args: PluginArgs) -> anyhow::Result<ExitCode> {
                 fixtures,
                 shadow,
                 label,
+                allow_no_hosts,
+                wait,
             } => {
                 let bytes = std::fs::read(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
@@ -158,6 +188,25 @@ pub fn run(args: PluginArgs) -> anyhow::Result<ExitCode> {
                     .map(Profile::of)
                     .unwrap_or_else(|| Profile::unrestricted(BTreeMap::new()));
                 validate(&bytes, fixtures_text.as_deref(), profile).await?;
+                let hosts = gather_status(&client, &status_subject, wait).await?;
+                let following = hosts
+                    .iter()
+                    .filter(|host| {
+                        host.handlers
+                            .iter()
+                            .any(|h| h.plugin_object.as_deref() == Some(name.as_str()))
+                    })
+                    .count();
+                if following == 0 && !allow_no_hosts {
+                    bail!(
+                        "no running host follows plugin object `{name}` ({} hosts answered \
+                         on {status_subject} within {wait:?}), so nothing would run it; \
+                         nothing was stored. Check the name against `plugin_object` in the \
+                         hosts' configuration, or pass --allow-no-hosts to store it for \
+                         hosts that start later",
+                        hosts.len()
+                    );
+                }
                 let version = control
                     .push_labelled(
                         &name,
@@ -172,16 +221,28 @@ pub fn run(args: PluginArgs) -> anyhow::Result<ExitCode> {
                 } else {
                     "live version"
                 };
+                let reach = match following {
+                    0 => "no running host follows it yet".to_string(),
+                    1 => "1 host follows it".to_string(),
+                    n => format!("{n} hosts follow it"),
+                };
                 println!(
-                    "{name}: {} {} is now the {role}",
+                    "{name}: {} {} is now the {role}; {reach}",
                     version.name(),
                     version.digest
                 );
             }
+            PluginCommand::List { wait } => {
+                let hosts = gather_status(&client, &status_subject, wait).await?;
+                return list(&control, &hosts).await;
+            }
             PluginCommand::History { name } => {
                 let history = control.history(&name).await?;
                 if history.is_empty() {
-                    println!("{name}: no version pushed");
+                    bail!(
+                        "no version of `{name}` was ever pushed (`switchyard plugin list` \
+                         shows the names there are)"
+                    );
                 }
                 for version in &history {
                     println!("{}", describe(version));
@@ -209,6 +270,64 @@ pub fn run(args: PluginArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `plugin list`: every name with a live version, then each handler the
+/// hosts run from a file, with how many hosts run which version.
+async fn list(control: &ControlPlane, hosts: &[HostStatus]) -> anyhow::Result<ExitCode> {
+    let names = control.names().await?;
+    // (object or file handler) -> version shown -> hosts running it
+    let mut running: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for host in hosts {
+        for handler in &host.handlers {
+            let key = match &handler.plugin_object {
+                Some(object) => object.clone(),
+                None => format!("{} (file)", handler.handler),
+            };
+            let version = match &handler.version {
+                Some(version) => format!("{version} {}", handler.digest),
+                None => handler.digest.clone(),
+            };
+            *running.entry(key).or_default().entry(version).or_default() += 1;
+        }
+    }
+    if names.is_empty() && running.is_empty() {
+        bail!(
+            "no plugin version was pushed and no host answered: nothing to list \
+             (is --config or --nats the fleet's?)"
+        );
+    }
+    for name in &names {
+        let live = control
+            .live(name)
+            .await?
+            .map(|v| format!("{} {}", v.name(), v.digest))
+            .unwrap_or_else(|| "no live version".into());
+        println!("{name}: live {live}; {}", hosts_on(running.remove(name)));
+        if let Some(shadow) = control.shadow(name).await? {
+            println!("  shadow candidate {} {}", shadow.name(), shadow.digest);
+        }
+    }
+    for (name, versions) in running {
+        println!("{name}: {}", hosts_on(Some(versions)));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `2 hosts on #3 sha256:…, 1 host on #2 sha256:…`, or `no host runs it`.
+fn hosts_on(versions: Option<BTreeMap<String, usize>>) -> String {
+    let versions = versions.unwrap_or_default();
+    if versions.is_empty() {
+        return "no host runs it".into();
+    }
+    versions
+        .iter()
+        .map(|(version, n)| {
+            let hosts = if *n == 1 { "host" } else { "hosts" };
+            format!("{n} {hosts} on {version}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// What every host will check, checked before anything is stored: the
@@ -245,13 +364,17 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         .await?;
         if args.json {
             println!("{}", serde_json::to_string(&hosts)?);
-            return Ok(ExitCode::SUCCESS);
         }
         if hosts.is_empty() {
-            println!(
-                "no host answered on {}.status within {:?}",
-                nats.control_subject, args.wait
+            bail!(
+                "no hosts answered on {}.status within {:?} (are they running, on this \
+                 NATS, with this control_subject?)",
+                nats.control_subject,
+                args.wait
             );
+        }
+        if args.json {
+            return Ok(ExitCode::SUCCESS);
         }
         for host in &hosts {
             println!("{} (pid {})", host.host, host.pid);

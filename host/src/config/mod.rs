@@ -9,6 +9,8 @@
 //! `SWITCHYARD_NATS__URL`, `SWITCHYARD_GRAPH__PASSWORD`,
 //! `SWITCHYARD_HANDLERS__0__CONCURRENCY`. The value is read as TOML when it
 //! parses as a number, boolean or array, and as a string otherwise.
+//! `SWITCHYARD_UNSET=graph.password,handlers.0.fixtures` removes keys the
+//! file sets (after the overrides), so their defaults apply.
 //!
 //! - [`sections`] and [`handler`]: what the file holds.
 //! - [`overrides`]: environment variables applied to the document.
@@ -66,6 +68,14 @@ impl Config {
             &mut config.cache.cert_file,
             &mut config.cache.key_file,
             &mut config.graph.password_file,
+            &mut config.graph.ca_file,
+            &mut config.nats.ca_file,
+            &mut config.nats.cert_file,
+            &mut config.nats.key_file,
+            &mut config.nats.password_file,
+            &mut config.nats.token_file,
+            &mut config.nats.nkey_seed_file,
+            &mut config.nats.creds_file,
         ]
         .into_iter()
         .flatten()
@@ -88,18 +98,42 @@ impl Config {
         origin: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        let document = Self::document(text, origin, env)?;
+        Self::from_document(document, origin)
+    }
+
+    /// The TOML document of `text` with the overrides and unsets of `env`
+    /// applied: what [`parse`](Self::parse) reads, before defaults.
+    pub fn document(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<toml::Table, ConfigError> {
         let mut document: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_string(),
             message: e.message().to_string() + &location(text, e.span()),
         })?;
-        let mut overrides: Vec<(String, String)> = env
-            .into_iter()
-            .filter(|(name, _)| name.starts_with("SWITCHYARD_") && name.contains("__"))
-            .collect();
+        let mut overrides: Vec<(String, String)> = Vec::new();
+        let mut unset = None;
+        for (name, value) in env {
+            if name == overrides::UNSET {
+                unset = Some(value);
+            } else if name.starts_with("SWITCHYARD_") && name.contains("__") {
+                overrides.push((name, value));
+            }
+        }
         overrides.sort();
         for (variable, value) in overrides {
             apply_override(&mut document, &variable, &value)?;
         }
+        if let Some(keys) = unset {
+            overrides::unset(&mut document, &keys)?;
+        }
+        Ok(document)
+    }
+
+    /// Reads and checks a document from [`document`](Self::document).
+    pub fn from_document(document: toml::Table, origin: &str) -> Result<Self, ConfigError> {
         let config: Config = serde_path_to_error::deserialize(toml::Value::Table(document))
             .map_err(|e| {
                 let key = e.path().to_string();

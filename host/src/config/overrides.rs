@@ -1,7 +1,48 @@
 //! `SWITCHYARD_<SECTION>__<KEY>` overrides applied to the parsed TOML
-//! document before it is read into the configuration.
+//! document before it is read into the configuration, and
+//! `SWITCHYARD_UNSET`, which removes keys.
 
 use super::error::ConfigError;
+
+/// The variable listing keys to remove: `graph.password,handlers.0.fixtures`.
+pub const UNSET: &str = "SWITCHYARD_UNSET";
+
+/// Removes each comma-separated dotted key in `keys` from `document`. A
+/// key the document does not hold is an error naming it: a misspelt unset
+/// must not pass for one that worked.
+pub fn unset(document: &mut toml::Table, keys: &str) -> Result<(), ConfigError> {
+    for key in keys.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+        let fail = |message: &str| ConfigError::Override {
+            variable: UNSET.to_string(),
+            message: format!("`{key}`: {message}"),
+        };
+        let path: Vec<&str> = key.split('.').collect();
+        let (last, parents) = path.split_last().ok_or_else(|| fail("empty key"))?;
+        let mut cursor: &mut toml::Table = document;
+        let mut segments = parents.iter();
+        while let Some(segment) = segments.next() {
+            cursor = match cursor.get_mut(*segment) {
+                Some(toml::Value::Table(inner)) => inner,
+                Some(toml::Value::Array(items)) => {
+                    let index = segments
+                        .next()
+                        .and_then(|i| i.parse::<usize>().ok())
+                        .ok_or_else(|| fail("a list: index it, as `handlers.0.key`"))?;
+                    match items.get_mut(index) {
+                        Some(toml::Value::Table(item)) => item,
+                        _ => return Err(fail("no such entry in the list")),
+                    }
+                }
+                Some(_) => return Err(fail("not a table")),
+                None => return Err(fail("not in the configuration")),
+            };
+        }
+        if cursor.remove(*last).is_none() {
+            return Err(fail("not in the configuration"));
+        }
+    }
+    Ok(())
+}
 
 pub fn apply_override(
     document: &mut toml::Table,

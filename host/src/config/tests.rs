@@ -497,3 +497,29 @@ fn nats_debug_output_hides_every_secret() {
         "{printed}"
     );
 }
+
+#[test]
+fn switchyard_unset_removes_keys_so_defaults_apply_and_names_a_key_that_is_not_there() {
+    let text = MINIMAL.replace("max_deliver = 20", "max_deliver = 20\nconcurrency = 3");
+    let config = parse(&text, &[("SWITCHYARD_UNSET", "handlers.0.concurrency")]).unwrap();
+    assert_eq!(config.handlers[0].concurrency, 16, "back to the default");
+    // After the overrides: an override and an unset of one key leave it unset.
+    let config = parse(
+        &text,
+        &[
+            ("SWITCHYARD_HANDLERS__0__CONCURRENCY", "5"),
+            ("SWITCHYARD_UNSET", " handlers.0.concurrency ,"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.handlers[0].concurrency, 16);
+    for key in ["handlers.0.concurency", "handlers.7.concurrency", "nats.url.x"] {
+        let error = parse(&text, &[("SWITCHYARD_UNSET", key)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("SWITCHYARD_UNSET") && error.contains(&format!("`{key}`")),
+            "{error}"
+        );
+    }
+}

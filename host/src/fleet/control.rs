@@ -173,6 +173,25 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Every name with a live version, sorted (shadow candidates are
+    /// under their handler's name, not listed apart).
+    pub async fn names(&self) -> anyhow::Result<Vec<String>> {
+        let mut keys = self
+            .live
+            .keys()
+            .await
+            .context("cannot list the live versions")?;
+        let mut names = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.context("cannot list the live versions")?;
+            if !key.ends_with(".shadow") {
+                names.push(key);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     /// The live version of `handler`, if one was pushed.
     pub async fn live(&self, handler: &str) -> anyhow::Result<Option<Version>> {
         self.entry(handler).await

@@ -20,6 +20,9 @@ use crate::process::{hostname, now_ms};
 #[derive(Debug, Clone, Serialize)]
 pub struct HandlerStatus {
     pub handler: String,
+    /// The control-plane object whose pushed versions it follows; none for
+    /// a plugin file.
+    pub plugin_object: Option<String>,
     pub digest: String,
     pub handled: u64,
     pub acked: u64,
@@ -39,6 +42,7 @@ pub fn status(handlers: &[Arc<Handler>]) -> Vec<HandlerStatus> {
         .iter()
         .map(|handler| HandlerStatus {
             handler: handler.name().to_string(),
+            plugin_object: handler.config.plugin_object.clone(),
             digest: handler.plugin.load().digest().to_string(),
             handled: handler.stats.handled.load(Relaxed),
             acked: handler.stats.acked.load(Relaxed),
@@ -67,6 +71,10 @@ pub struct HostStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HandlerStatusWire {
     pub handler: String,
+    /// The pushed object it follows; none for a plugin file (and from hosts
+    /// older than this field).
+    #[serde(default)]
+    pub plugin_object: Option<String>,
     pub digest: String,
     /// The pushed version live now (`#3 (label)`); none for a plugin file.
     #[serde(default)]
@@ -89,6 +97,7 @@ impl From<&HandlerStatus> for HandlerStatusWire {
     fn from(status: &HandlerStatus) -> Self {
         HandlerStatusWire {
             handler: status.handler.clone(),
+            plugin_object: status.plugin_object.clone(),
             digest: status.digest.clone(),
             version: status.reload.version.clone(),
             handled: status.handled,
@@ -164,6 +173,9 @@ pub async fn gather_status(
     loop {
         tokio::select! {
             message = replies.next() => match message {
+                // With no host listening, the server answers "no responders":
+                // an empty message, not a reply.
+                Some(message) if message.payload.is_empty() => continue,
                 Some(message) => match serde_json::from_slice::<HostStatus>(&message.payload) {
                     Ok(status) => hosts.push(status),
                     Err(error) => tracing::warn!(%error, "unreadable status reply"),

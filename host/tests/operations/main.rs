@@ -19,6 +19,7 @@ use switchyard_tests::artifacts::STORY_TRANSITIONS;
 use switchyard_tests::config::{Handler, Names, Plugin, Service};
 use switchyard_tests::services;
 
+mod cli;
 mod secrets;
 
 const HANDLER: &str = "story-transitions";
@@ -622,8 +623,20 @@ async fn plugin_push_reaches_two_host_processes_and_rollback_restores_the_previo
     let first_version = format!("#1 (first-build) {first_digest}");
     let second_version = format!("#2 {second_digest}");
 
+    // No host follows the object yet: refused, nothing stored.
     let (ok, stdout, stderr) = push(&first, &["--label", "first-build"]);
+    assert!(!ok, "a push no host would run must fail: {stdout}");
+    assert!(
+        stderr.contains("no running host follows") && stderr.contains("--allow-no-hosts"),
+        "{stderr}"
+    );
+    // The first version, before the hosts that will run it: said explicitly.
+    let (ok, stdout, stderr) = push(&first, &["--label", "first-build", "--allow-no-hosts"]);
     assert!(ok, "first push: {stdout}{stderr}");
+    assert!(
+        stdout.contains("no running host follows it yet"),
+        "{stdout}"
+    );
     assert!(stdout.contains(&first_version), "{stdout}");
     let pushed = || Plugin::Object(HANDLER.to_string());
     let mut host_a = Serve::start(&names, pushed(), &[]);
@@ -643,6 +656,7 @@ async fn plugin_push_reaches_two_host_processes_and_rollback_restores_the_previo
         if i == 100 {
             let (ok, stdout, stderr) = push(&second, &[]);
             assert!(ok, "second push: {stdout}{stderr}");
+            assert!(stdout.contains("2 hosts follow it"), "{stdout}");
         }
         publish(
             &js,
@@ -652,6 +666,19 @@ async fn plugin_push_reaches_two_host_processes_and_rollback_restores_the_previo
         .await;
     }
     fleet_on(&config, &pids, &second_version);
+    let (ok, listed, stderr) = cli(&[
+        "plugin".as_ref(),
+        "list".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    assert!(ok, "plugin list: {stderr}");
+    assert!(
+        listed.contains(&format!(
+            "{HANDLER}: live {second_version}; 2 hosts on {second_version}"
+        )),
+        "{listed}"
+    );
 
     // Not a component: refused by the CLI, nothing stored, fleet unchanged.
     let (ok, stdout, stderr) = push(&fixtures, &[]);

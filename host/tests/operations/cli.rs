@@ -1,0 +1,357 @@
+//! The commands around the service, as an operator runs them: each one
+//! that finds nothing to act on exits non-zero and says so; `config check`
+//! and `config show` work offline; `publish` takes standard input and one
+//! message with headers; human logs carry no colour off a terminal.
+
+use std::ffi::OsStr;
+use std::io::Write as _;
+use std::path::Path;
+
+use super::*;
+
+/// A configuration of `names` with story-transitions from a file, written
+/// to this test's directory.
+fn operator_config(names: &Names, plugin: Plugin) -> PathBuf {
+    let path = temp_dir(&names.id).join("operator.toml");
+    std::fs::write(&path, config_toml(names, plugin, free_port())).unwrap();
+    path
+}
+
+/// `switchyard <args> --config <config>`: (success, stdout, stderr).
+fn with_config(config: &Path, args: &[&str]) -> (bool, String, String) {
+    let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    all.extend([OsStr::new("--config"), config.as_os_str()]);
+    cli(&all)
+}
+
+#[test]
+fn status_with_no_host_answering_fails_saying_so() {
+    let names = Names::new("cli");
+    let config = operator_config(&names, plugin_file());
+    let (ok, stdout, stderr) = with_config(&config, &["status", "--wait", "300ms"]);
+    assert!(!ok, "status with no hosts must fail: {stdout}");
+    assert!(stderr.contains("no hosts answered"), "{stderr}");
+    assert!(!stderr.contains("unreadable"), "{stderr}");
+    let (ok, stdout, _) = with_config(&config, &["status", "--json", "--wait", "300ms"]);
+    assert!(!ok, "status --json with no hosts must fail too");
+    assert_eq!(stdout.trim(), "[]", "the JSON still says what was found");
+}
+
+#[test]
+fn pushes_no_host_would_run_are_refused_and_store_nothing() {
+    let names = Names::new("cli");
+    let config = operator_config(&names, Plugin::Object(HANDLER.into()));
+    let object = format!("{}-object", names.id);
+
+    let (ok, _, stderr) = with_config(&config, &["plugin", "history", &object]);
+    assert!(!ok, "history of a name never pushed must fail");
+    assert!(stderr.contains("no version of"), "{stderr}");
+    let (ok, _, stderr) = with_config(&config, &["plugin", "list", "--wait", "300ms"]);
+    assert!(!ok, "an empty fleet has nothing to list");
+    assert!(stderr.contains("nothing to list"), "{stderr}");
+
+    let (ok, stdout, stderr) = with_config(
+        &config,
+        &[
+            "plugin",
+            "push",
+            &object,
+            STORY_TRANSITIONS,
+            "--wait",
+            "300ms",
+        ],
+    );
+    assert!(!ok, "a push no host follows must fail: {stdout}");
+    assert!(
+        stderr.contains(&format!("no running host follows plugin object `{object}`"))
+            && stderr.contains("nothing was stored"),
+        "{stderr}"
+    );
+    let (ok, _, _) = with_config(&config, &["plugin", "history", &object]);
+    assert!(!ok, "the refused push stored nothing");
+
+    let (ok, stdout, stderr) = with_config(
+        &config,
+        &[
+            "plugin",
+            "push",
+            &object,
+            STORY_TRANSITIONS,
+            "--wait",
+            "300ms",
+            "--allow-no-hosts",
+        ],
+    );
+    assert!(ok, "an explicit first push: {stderr}");
+    assert!(
+        stdout.contains("no running host follows it yet"),
+        "{stdout}"
+    );
+    let (ok, stdout, stderr) = with_config(&config, &["plugin", "list", "--wait", "300ms"]);
+    assert!(ok, "plugin list: {stderr}");
+    let digest = digest_of(Path::new(STORY_TRANSITIONS));
+    assert!(
+        stdout.contains(&format!("{object}: live #1 {digest}; no host runs it")),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_of_a_handler_nobody_knows_fails_and_an_empty_known_one_succeeds() {
+    let js = services::jetstream().await;
+    let names = Names::new("cli");
+    let config = operator_config(&names, plugin_file());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: names.dead_letter_stream.clone(),
+        subjects: vec![format!("{}.>", names.dead_letter_subject)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let run = |args: Vec<String>| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            with_config(&config, &args)
+        })
+    };
+    let args = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+
+    let (ok, stdout, stderr) = run(args(&["dlq", "list", HANDLER])).await.unwrap();
+    assert!(ok, "a configured handler with no dead letters: {stderr}");
+    assert!(stdout.contains("0 dead letters"), "{stdout}");
+
+    let (ok, _, stderr) = run(args(&["dlq", "list", "story-transitons"]))
+        .await
+        .unwrap();
+    assert!(!ok, "a misspelt handler must fail");
+    assert!(stderr.contains("no handler `story-transitons`"), "{stderr}");
+
+    let (ok, _, stderr) = run(args(&["dlq", "replay", HANDLER])).await.unwrap();
+    assert!(!ok, "a replay that replays nothing must fail");
+    assert!(stderr.contains("nothing replayed"), "{stderr}");
+
+    // Without a configuration, only the running hosts can vouch for a name.
+    let (ok, _, stderr) = tokio::task::spawn_blocking({
+        let names = names.clone();
+        move || {
+            cli(&[
+                "dlq".as_ref(),
+                "list".as_ref(),
+                HANDLER.as_ref(),
+                "--nats".as_ref(),
+                services::nats_url().as_ref(),
+                "--stream".as_ref(),
+                names.dead_letter_stream.as_ref(),
+                "--subject".as_ref(),
+                names.dead_letter_subject.as_ref(),
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!ok, "no config and no host knows the handler");
+    assert!(stderr.contains("runs a handler by that name"), "{stderr}");
+    remove_streams(&js, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_reads_standard_input_and_sends_one_message_with_headers() {
+    let js = services::jetstream().await;
+    let names = Names::new("cli");
+    let config = operator_config(&names, plugin_file());
+    let mut stream = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: names.stream.clone(),
+            subjects: vec![format!("{}.>", names.id)],
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let lines = format!(
+        "{{\"subject\": \"{0}\", \"payload\": {{\"n\": 1}}}}\n{{\"subject\": \"{0}\", \"payload\": {{\"n\": 2}}}}\n",
+        names.subject
+    );
+    let config_path = config.clone();
+    let piped = tokio::task::spawn_blocking(move || {
+        let mut child = switchyard()
+            .args(["publish", "--events", "-", "--config"])
+            .arg(&config_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(lines.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    assert!(String::from_utf8_lossy(&piped.stdout).contains("published 2 events"));
+
+    let subject = names.subject.clone();
+    let config_path = config.clone();
+    let (ok, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        with_config(
+            &config_path,
+            &[
+                "publish",
+                "--subject",
+                &subject,
+                "--payload",
+                "{not json",
+                "--header",
+                "Trace-Id=abc=1",
+                "--header",
+                "Nats-Msg-Id=one-message",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok, "one message: {stderr}");
+    assert!(stdout.contains("published 1 events"), "{stdout}");
+
+    assert_eq!(stream.info().await.unwrap().state.messages, 3);
+    let third = stream.direct_get(3).await.unwrap();
+    assert_eq!(
+        &third.payload[..],
+        b"{not json",
+        "the payload byte for byte"
+    );
+    let headers = third.headers;
+    assert_eq!(
+        headers.get("Trace-Id").map(|v| v.as_str()),
+        Some("abc=1"),
+        "{headers:?}"
+    );
+    assert_eq!(
+        headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+        Some("one-message")
+    );
+    let first = stream.direct_get(1).await.unwrap();
+    assert_eq!(&first.payload[..], br#"{"n":1}"#);
+
+    // Nothing to publish is a failure, not "published 0 events".
+    let config_path = config.clone();
+    let empty = tokio::task::spawn_blocking(move || {
+        switchyard()
+            .args(["publish", "--events", "-", "--config"])
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!empty.status.success());
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("holds no events"));
+    remove_streams(&js, &names).await;
+}
+
+#[test]
+fn config_check_lists_every_problem_and_show_masks_secrets() {
+    let names = Names::new("cli");
+    let dir = temp_dir(&names.id);
+    let good = operator_config(&names, plugin_file());
+    let (ok, stdout, stderr) = cli(&["config".as_ref(), "check".as_ref(), good.as_os_str()]);
+    assert!(ok, "a good configuration: {stderr}");
+    assert!(
+        stdout.contains("ok (1 handlers; 1 plugin files loaded"),
+        "{stdout}"
+    );
+
+    // Two problems past the keys themselves: both listed, exit 1.
+    let text = std::fs::read_to_string(&good)
+        .unwrap()
+        .replace(STORY_TRANSITIONS, "/nonexistent/plugin.wasm")
+        .replace(
+            "password = \"switchyard\"",
+            "password_file = \"/nonexistent/pw\"",
+        );
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, text).unwrap();
+    let (ok, _, stderr) = cli(&["config".as_ref(), "check".as_ref(), bad.as_os_str()]);
+    assert!(!ok, "a configuration with problems must fail");
+    assert!(
+        stderr.contains("config key `graph.password_file`: cannot read /nonexistent/pw"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("/nonexistent/plugin.wasm"), "{stderr}");
+    assert!(stderr.contains("2 problems"), "{stderr}");
+
+    let output = switchyard()
+        .args(["config", "show"])
+        .arg(&good)
+        .env("SWITCHYARD_GRAPH__PASSWORD", "hunter2-77")
+        .env("SWITCHYARD_UNSET", "handlers.0.ack_wait")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{shown}");
+    assert!(!shown.contains("hunter2-77"), "a secret shown:\n{shown}");
+    assert!(shown.contains("password = \"***\""), "{shown}");
+    assert!(
+        !shown.contains("ack_wait"),
+        "the unset key is gone:\n{shown}"
+    );
+    assert!(
+        shown.contains("concurrency = 8"),
+        "the rest is shown:\n{shown}"
+    );
+
+    let output = switchyard()
+        .args(["config", "show"])
+        .arg(&good)
+        .env("SWITCHYARD_UNSET", "handlers.0.ack_wiat")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "a misspelt unset must fail");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("`handlers.0.ack_wiat`"));
+}
+
+#[test]
+fn human_logs_carry_no_colour_off_a_terminal() {
+    let names = Names::new("cli");
+    let port = free_port();
+    // NATS on a port nothing listens on: serve logs a warning per attempt.
+    let toml = config_toml(&names, plugin_file(), port).replace(
+        &services::nats_url(),
+        &format!("nats://127.0.0.1:{}", free_port()),
+    );
+    let config = temp_dir(&names.id).join("dead-nats.toml");
+    std::fs::write(&config, toml).unwrap();
+    let stderr = temp_dir(&names.id).join("colour.log");
+    let mut child = switchyard()
+        .env_remove("NO_COLOR")
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let log = poll(Duration::from_secs(30), "a retry warning", || {
+        let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+        if log.contains("WARN") {
+            Ok(log)
+        } else {
+            Err(log)
+        }
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI codes in a log file:\n{log:?}"
+    );
+}
