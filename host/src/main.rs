@@ -46,7 +46,7 @@ enum Command {
     Plugin(commands::plugin::PluginArgs),
     /// Every running host with its handlers, plugin digests and last reload.
     Status(commands::plugin::StatusArgs),
-    /// Publish an events file (the `test` format) to JetStream.
+    /// Publish an events file (the `test` format), standard input or one message to JetStream.
     Publish(commands::publish::PublishArgs),
     /// Run a plugin over events on in-memory backends and report outcomes and effects.
     Test(commands::test::TestArgs),

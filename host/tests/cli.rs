@@ -98,7 +98,7 @@ fn test_command_reports_rejects_with_their_reason_and_config_is_applied() {
             "test",
             STORY_TRANSITIONS,
             "--json",
-            "--config",
+            "--set",
             "key_prefix=ctx/",
             "--events",
         ])
@@ -181,14 +181,14 @@ fn test_command_names_the_bad_line_of_an_events_file() {
     assert!(stderr.contains("line 2: not JSON"), "{stderr}");
 }
 
-/// `--service FILE --handler NAME` runs the plugin with that handler's
+/// `--config FILE --handler NAME` runs the plugin with that handler's
 /// configuration, limits and grants: the example's grants let the stress
 /// scenario through, narrower ones deny it, and an unknown handler is named.
 #[test]
 fn test_command_runs_with_a_handlers_grants_from_the_service_configuration() {
     let run = |service: &PathBuf, handler: &str| {
         test_stress_scenario()
-            .arg("--service")
+            .arg("--config")
             .arg(service)
             .arg("--handler")
             .arg(handler)

@@ -61,13 +61,13 @@ struct Target {
     /// The handler whose dead letters these are.
     handler: String,
     /// The `serve` configuration: NATS URL, dead-letter stream and subject.
-    #[arg(long, env = "SWITCHYARD_CONFIG", conflicts_with_all = ["nats", "stream", "subject"])]
+    #[arg(long, env = "SWITCHYARD_CONFIG", conflicts_with_all = ["stream", "subject"])]
     config: Option<PathBuf>,
     /// The NATS server (without --config).
     #[arg(
         long,
         default_value = "nats://127.0.0.1:4222",
-        env = "SWITCHYARD_NATS_URL"
+        env = "SWITCHYARD_NATS__URL"
     )]
     nats: String,
     /// The dead-letter stream (without --config).

@@ -32,7 +32,7 @@ pub struct Connection {
         long,
         global = true,
         default_value = "nats://127.0.0.1:4222",
-        env = "SWITCHYARD_NATS_URL"
+        env = "SWITCHYARD_NATS__URL"
     )]
     nats: String,
 }

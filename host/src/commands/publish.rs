@@ -27,13 +27,13 @@ pub struct PublishArgs {
     #[arg(long = "header", value_name = "NAME=VALUE", requires = "subject", value_parser = header)]
     headers: Vec<(String, String)>,
     /// A service configuration: its NATS servers, TLS and credentials.
-    #[arg(long, env = "SWITCHYARD_CONFIG", conflicts_with = "nats")]
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
     config: Option<PathBuf>,
     /// The NATS server, when no --config is given.
     #[arg(
         long,
         default_value = "nats://127.0.0.1:4222",
-        env = "SWITCHYARD_NATS_URL"
+        env = "SWITCHYARD_NATS__URL"
     )]
     nats: String,
 }

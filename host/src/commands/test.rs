@@ -1,5 +1,5 @@
-//! `switchyard test PLUGIN --events FILE [--cache FILE] [--config k=v]...
-//! [--service FILE --handler NAME] [--json]`
+//! `switchyard test PLUGIN --events FILE [--cache FILE] [--set k=v]...
+//! [--config FILE --handler NAME] [--json]`
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -23,15 +23,21 @@ pub struct TestArgs {
     /// A JSON object of key to value seeding the cache.
     #[arg(long)]
     cache: Option<PathBuf>,
-    /// Plugin configuration, repeatable: --config key_prefix=context:
-    /// (applied over the handler's, with --service).
-    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    /// Plugin configuration, repeatable: --set key_prefix=context:
+    /// (applied over the handler's, with --config).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_pair)]
     config: Vec<(String, String)>,
     /// A `serve` configuration: run with the configuration, limits and
     /// grants its handler --handler has, as a push to it would be checked.
-    #[arg(long, value_name = "FILE", requires = "handler")]
+    /// (Not read from SWITCHYARD_CONFIG: `test` runs without one.)
+    #[arg(
+        long = "config",
+        alias = "service",
+        value_name = "FILE",
+        requires = "handler"
+    )]
     service: Option<PathBuf>,
-    /// The handler of --service to run as.
+    /// The handler of --config to run as.
     #[arg(long, value_name = "NAME", requires = "service")]
     handler: Option<String>,
     /// Print one JSON object instead of a table.

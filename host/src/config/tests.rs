@@ -513,7 +513,11 @@ fn switchyard_unset_removes_keys_so_defaults_apply_and_names_a_key_that_is_not_t
     )
     .unwrap();
     assert_eq!(config.handlers[0].concurrency, 16);
-    for key in ["handlers.0.concurency", "handlers.7.concurrency", "nats.url.x"] {
+    for key in [
+        "handlers.0.concurency",
+        "handlers.7.concurrency",
+        "nats.url.x",
+    ] {
         let error = parse(&text, &[("SWITCHYARD_UNSET", key)])
             .unwrap_err()
             .to_string();

@@ -355,3 +355,35 @@ fn human_logs_carry_no_colour_off_a_terminal() {
         "ANSI codes in a log file:\n{log:?}"
     );
 }
+
+#[test]
+fn every_command_reads_the_same_variables_as_the_configuration() {
+    let names = Names::new("cli");
+    let dead = format!("nats://127.0.0.1:{}", free_port());
+    let output = switchyard()
+        .args(["status", "--wait", "200ms"])
+        .env("SWITCHYARD_NATS__URL", &dead)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(&dead),
+        "--nats follows SWITCHYARD_NATS__URL: {stderr}"
+    );
+
+    // SWITCHYARD_CONFIG names the file for dlq as for serve: its own
+    // dead-letter stream (not created here) is the one looked for.
+    let config = operator_config(&names, plugin_file());
+    let output = switchyard()
+        .args(["dlq", "list", HANDLER])
+        .env("SWITCHYARD_CONFIG", &config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(&names.dead_letter_stream),
+        "dlq used SWITCHYARD_CONFIG: {stderr}"
+    );
+}
