@@ -171,6 +171,9 @@ impl Fixture {
 /// The configuration, limits and grants a plugin runs with in isolation.
 #[derive(Debug, Clone)]
 pub struct Profile {
+    /// Who the plugin runs as, in its log records: the handler, or
+    /// `isolated` for a plugin tried on its own.
+    pub name: String,
     pub config: BTreeMap<String, String>,
     pub limits: Limits,
     pub grants: Grants,
@@ -181,6 +184,7 @@ impl Profile {
     /// plugin tried on its own.
     pub fn unrestricted(config: BTreeMap<String, String>) -> Self {
         Profile {
+            name: "isolated".into(),
             config,
             limits: Limits::default(),
             grants: Grants::unrestricted(),
@@ -191,6 +195,7 @@ impl Profile {
     /// so a version its grants would deny fails here, not in production.
     pub fn of(handler: &HandlerConfig) -> Self {
         Profile {
+            name: handler.name.clone(),
             config: handler.config.clone(),
             limits: handler.limits(),
             grants: Grants::new(&handler.grants),
@@ -329,13 +334,14 @@ impl Isolation {
     /// A loaded plugin on an existing runtime, with fresh in-memory backends.
     pub fn on(runtime: Arc<Runtime>, plugin: Arc<Plugin>, profile: Profile) -> Self {
         let (backends, cache, graph) = crate::backend::memory::backends();
-        let env = HandlerEnv::build(
-            "isolated".to_string(),
-            profile.config,
+        let env = Arc::new(HandlerEnv {
+            name: profile.name,
+            isolated: true,
+            config: profile.config,
             backends,
-            profile.limits,
-            profile.grants,
-        );
+            limits: profile.limits,
+            grants: profile.grants,
+        });
         Isolation {
             runtime,
             plugin,

@@ -398,7 +398,7 @@ impl Runtime {
             .and_then(EventHandlerPre::new)
             .map_err(|e| LoadError::WrongWorld {
                 digest: digest.clone(),
-                reason: format!("{e:#}"),
+                reason: one_line(&format!("{e:#}")),
             })?;
         Ok(Arc::new(Plugin {
             digest,
@@ -420,7 +420,7 @@ impl Runtime {
         }
         let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile {
             digest: digest.clone(),
-            reason: format!("{e:#}"),
+            reason: one_line(&format!("{e:#}")),
         })?;
         lock(&self.compiled).insert(digest.clone(), component.clone());
         Ok(component)
@@ -580,4 +580,13 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
     }
+}
+/// An error's text on one line: the parser's pretty-printed values
+/// (`[\n    0x0,\n]`) folded, so a refusal reads as one log line.
+fn one_line(text: &str) -> String {
+    let folded = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    folded
+        .replace("[ ", "[")
+        .replace(", ]", "]")
+        .replace(" ]", "]")
 }

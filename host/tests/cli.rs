@@ -253,3 +253,48 @@ fn test_command_runs_with_a_handlers_grants_from_the_service_configuration() {
         "{stderr}"
     );
 }
+
+/// A file that is not a component is refused in one line naming the
+/// parser's complaint, not a multi-line dump.
+#[test]
+fn an_invalid_component_is_refused_in_one_line() {
+    let garbage = temp_file("garbage.wasm", "garbage");
+    let events = temp_file("one.jsonl", "{\"subject\":\"s\",\"payload\":{}}\n");
+    let output = switchyard()
+        .arg("test")
+        .arg(&garbage)
+        .arg("--events")
+        .arg(&events)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("not a valid WebAssembly component") && stderr.contains("magic header"),
+        "{stderr}"
+    );
+}
+
+/// What a plugin logs about an event `switchyard test` reports anyway
+/// stays out of the default output: the table says it.
+#[test]
+fn test_reports_rejections_in_its_table_without_warnings() {
+    let events = temp_file(
+        "reject.jsonl",
+        "{\"subject\":\"s\",\"payload\":\"{oops\"}\n",
+    );
+    let output = switchyard()
+        .args(["test", STORY_TRANSITIONS, "--events"])
+        .arg(&events)
+        .env_remove("SWITCHYARD_LOG")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stdout.contains("reject"), "{stdout}");
+    assert!(!stderr.contains("WARN"), "{stderr}");
+    assert!(!stderr.contains("isolated"), "{stderr}");
+}

@@ -27,6 +27,11 @@ impl Host for HostState {
         fields: Vec<(String, String)>,
     ) -> wasmtime::Result<()> {
         self.charge_call()?;
+        // In isolation, what the guest reports is already in the outcomes.
+        let level = match level {
+            Level::Info | Level::Warn | Level::Error if self.env.isolated => Level::Debug,
+            level => level,
+        };
         let enabled = match level {
             Level::Trace => tracing::enabled!(target: "switchyard::plugin", tracing::Level::TRACE),
             Level::Debug => tracing::enabled!(target: "switchyard::plugin", tracing::Level::DEBUG),

@@ -39,6 +39,10 @@ use crate::limits::Limits;
 /// backends, limits and grants. Shared by all events of the handler.
 pub struct HandlerEnv {
     pub name: String,
+    /// A plugin run in isolation (`switchyard test`, fixtures before a
+    /// version goes live): the guest's log records go out at debug level,
+    /// since the outcomes they describe are reported and expected.
+    pub isolated: bool,
     pub config: BTreeMap<String, String>,
     pub backends: Backends,
     pub limits: Limits,
@@ -91,6 +95,7 @@ impl HandlerEnv {
     ) -> Arc<Self> {
         Arc::new(HandlerEnv {
             name,
+            isolated: false,
             config,
             backends,
             limits,

@@ -176,6 +176,7 @@ fn recording_env(env: &HandlerEnv, execute: bool) -> (Arc<HandlerEnv>, Arc<Mutex
     });
     let env = Arc::new(HandlerEnv {
         name: env.name.clone(),
+        isolated: env.isolated,
         config: env.config.clone(),
         backends: Backends {
             cache: recording.clone(),
