@@ -273,6 +273,8 @@ pub struct Dispatch {
     /// Set when the host chose the outcome because the guest failed.
     pub fault: Option<Fault>,
     pub elapsed: Duration,
+    /// How long it waited for a free instance slot before it started.
+    pub waited: Duration,
     /// What the guest wrote to stdout/stderr (bounded), e.g. a panic message.
     pub output: String,
 }
@@ -362,6 +364,11 @@ impl Runtime {
         lock(&self.compiled).len()
     }
 
+    /// Instance slots taken right now, of [`RuntimeConfig::max_instances`].
+    pub fn instances_in_use(&self) -> usize {
+        (self.config.max_instances.max(1) as usize).saturating_sub(self.slots.available_permits())
+    }
+
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
     }
@@ -442,8 +449,10 @@ impl Runtime {
     pub async fn dispatch(&self, plugin: &Plugin, env: &Arc<HandlerEnv>, event: Event) -> Dispatch {
         // Held until the store, and with it the instance's slot, is dropped.
         // The semaphore is never closed.
+        let queued = Instant::now();
         let _slot = self.slots.acquire().await.ok();
         let started = Instant::now();
+        let waited = started - queued;
         let state = HostState::new(env.clone(), event.subject.clone(), event.stream_sequence);
         let output = state.output.clone();
         let (result, effects) = match &plugin.code {
@@ -464,6 +473,7 @@ impl Runtime {
             effects,
             fault,
             elapsed: started.elapsed(),
+            waited,
             output,
         }
     }

@@ -55,6 +55,15 @@ pub async fn run_with(
     .with_natives(natives);
     let runtime = Arc::new(runtime);
     let metrics = Arc::new(Metrics::new());
+    for handler in &config.handlers {
+        metrics.register_handler(&handler.name, handler.exclusive);
+    }
+    {
+        let runtime = runtime.clone();
+        metrics.on_scrape(move |metrics| {
+            metrics.instances(runtime.instances_in_use(), runtime.config().max_instances);
+        });
+    }
     if !config.http.listen.is_empty() {
         crate::http::serve(
             &config.http.listen,
@@ -83,7 +92,6 @@ pub async fn run_with(
     for handler in &config.handlers {
         let (plugin, version) = initial_plugin(&runtime, control.as_ref(), handler).await?;
         tracing::info!(handler = %handler.name, plugin = %plugin.digest(), version = version.as_deref().unwrap_or("file"), "plugin loaded");
-        metrics.register_handler(&handler.name);
         metrics.plugin_live(&handler.name, None, plugin.digest().as_str());
         plugins.push((plugin, version));
     }

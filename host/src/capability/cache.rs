@@ -37,7 +37,10 @@ impl Host for HostState {
         }
         let count = count.clamp(1, MAX_SCAN_COUNT);
         let cache = self.env.backends.cache.clone();
-        match cache.scan(&pattern, cursor, count).await {
+        let started = std::time::Instant::now();
+        let result = cache.scan(&pattern, cursor, count).await;
+        self.effects.timed("cache.scan", started);
+        match result {
             Ok(ScanPage { cursor, keys }) => {
                 self.effects.keys_scanned += keys.len() as u64;
                 Ok(Ok(WitScanPage { cursor, keys }))
@@ -72,7 +75,10 @@ impl Host for HostState {
             return Ok(Err(self.denied(denial.message)));
         }
         let cache = self.env.backends.cache.clone();
-        match cache.delete(&keys).await {
+        let started = std::time::Instant::now();
+        let result = cache.delete(&keys).await;
+        self.effects.timed("cache.delete", started);
+        match result {
             Ok(removed) => {
                 self.effects.keys_deleted += removed;
                 Ok(Ok(removed))
@@ -121,7 +127,10 @@ impl Host for HostState {
             compiled.push(one);
         }
         let cache = self.env.backends.cache.clone();
-        match cache.delete_matching(&compiled).await {
+        let started = std::time::Instant::now();
+        let result = cache.delete_matching(&compiled).await;
+        self.effects.timed("cache.delete-matching", started);
+        match result {
             Ok(Swept { deleted, .. }) => {
                 self.effects.keys_deleted += deleted;
                 Ok(Ok(deleted))

@@ -77,7 +77,10 @@ impl Host for HostState {
             return Ok(Err(self.graph_denied("upsert-entity", denial)));
         }
         let graph = self.env.backends.graph.clone();
-        match graph.upsert_entity(&node, &properties).await {
+        let started = std::time::Instant::now();
+        let result = graph.upsert_entity(&node, &properties).await;
+        self.effects.timed("graph.upsert-entity", started);
+        match result {
             Ok(()) => {
                 self.effects.entities_upserted += 1;
                 Ok(Ok(()))
@@ -118,10 +121,12 @@ impl Host for HostState {
             return Ok(Err(self.graph_denied("upsert-relation", denial)));
         }
         let graph = self.env.backends.graph.clone();
-        match graph
+        let started = std::time::Instant::now();
+        let result = graph
             .upsert_relation(&source, &kind, &target, &properties)
-            .await
-        {
+            .await;
+        self.effects.timed("graph.upsert-relation", started);
+        match result {
             Ok(()) => {
                 self.effects.relations_upserted += 1;
                 Ok(Ok(()))

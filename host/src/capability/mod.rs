@@ -128,7 +128,31 @@ pub struct Effects {
     pub host_calls: u64,
     /// Failed cache and graph calls, by kind.
     pub errors: ErrorCounts,
+    /// How long each backend call took, for the latency histograms.
+    #[serde(skip)]
+    pub call_times: CallTimes,
 }
+
+impl Effects {
+    /// Records that a backend `call` (`cache.scan`, `graph.upsert-entity`,
+    /// ...) started at `started` has returned.
+    pub fn timed(&mut self, call: &'static str, started: std::time::Instant) {
+        self.call_times.0.push((call, started.elapsed()));
+    }
+}
+
+/// How long each cache and graph call of one event took. Not an effect:
+/// two runs that did the same things compare equal however long they took.
+#[derive(Debug, Clone, Default)]
+pub struct CallTimes(pub Vec<(&'static str, std::time::Duration)>);
+
+impl PartialEq for CallTimes {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for CallTimes {}
 
 /// A host limit the guest ran into. Raised as a trap, so the event ends.
 #[derive(Debug, thiserror::Error)]

@@ -86,7 +86,9 @@ pub struct HandlerStatusWire {
     pub keys_deleted: u64,
     pub last_reload: Option<serde_json::Value>,
     pub versions_live: usize,
-    pub longest_swap_ns: u64,
+    /// The longest time a swap held the live pointer, in seconds.
+    #[serde(default)]
+    pub longest_swap_seconds: f64,
     pub shadow: Option<ShadowReport>,
     /// For an exclusive handler: `active` or `standby`.
     #[serde(default)]
@@ -111,7 +113,7 @@ impl From<&HandlerStatus> for HandlerStatusWire {
                 .as_ref()
                 .and_then(|r| serde_json::to_value(r).ok()),
             versions_live: status.reload.history.len(),
-            longest_swap_ns: status.reload.longest_swap_ns,
+            longest_swap_seconds: status.reload.longest_swap_ns as f64 / 1e9,
             shadow: status.shadow.clone(),
             lease: status.lease.map(str::to_string),
         }

@@ -20,6 +20,7 @@ use switchyard_tests::config::{Handler, Names, Plugin, Service};
 use switchyard_tests::services;
 
 mod cli;
+mod dashboard;
 mod secrets;
 
 const HANDLER: &str = "story-transitions";

@@ -79,10 +79,10 @@ fn deliveries(letter: &StreamMessage) -> String {
     header(letter, headers::DELIVERY_COUNT)
 }
 
-/// `switchyard_host_call_errors_total{kind="denied"}` or `{kind="invalid"}`.
+/// `switchyard_host_call_errors_total{error="denied"}` or `{error="invalid"}`.
 async fn host_call_errors(service: &TestService, kind: &str) -> f64 {
     let series =
-        format!("switchyard_host_call_errors_total{{handler=\"{HANDLER}\",kind=\"{kind}\"}}");
+        format!("switchyard_host_call_errors_total{{handler=\"{HANDLER}\",error=\"{kind}\"}}");
     service.metric(&series).await.unwrap_or(0.0)
 }
 

@@ -139,11 +139,11 @@ async fn swapping_every_200ms_under_load_loses_and_duplicates_no_event() {
     let end = histogram(&service).await;
     let hosts = services::fleet_status(&service.names.control_subject).await;
     eprintln!(
-        "p99 handling latency: {:.2} ms without swaps ({baseline_events} events), {:.2} ms with a swap every 200 ms ({total} events), {:.2} ms without swaps again ({baseline_events} events); longest swap {} ns",
+        "p99 handling latency: {:.2} ms without swaps ({baseline_events} events), {:.2} ms with a swap every 200 ms ({total} events), {:.2} ms without swaps again ({baseline_events} events); longest swap {:.0} ns",
         p99(&difference(&before, &empty)) * 1e3,
         p99(&difference(&after, &before)) * 1e3,
         p99(&difference(&end, &after)) * 1e3,
-        hosts[0].handlers[0].longest_swap_ns
+        hosts[0].handlers[0].longest_swap_seconds * 1e9
     );
 
     let (_, _, redelivered) = service.consumer_state().await.unwrap();

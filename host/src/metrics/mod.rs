@@ -1,9 +1,20 @@
 //! Prometheus metrics, one registry per service.
 //!
-//! Every series carries the handler's name as the `handler` label, so a
-//! handler that acks while deleting nothing shows up as exactly that:
-//! `switchyard_events_total{outcome="ack"}` rising while
-//! `switchyard_cache_keys_deleted_total` stays flat.
+//! Every per-handler series carries the handler's name as the `handler`
+//! label, so a handler that acks while deleting nothing shows up as exactly
+//! that: `switchyard_events_total{outcome="ack"}` rising while
+//! `switchyard_cache_keys_deleted_total` stays flat. Each series of a
+//! configured handler exists from start-up, at zero, so `rate()` and
+//! `absent()` mean what they say. Each label name means one thing:
+//! `outcome`, `kind` (graph write: entity, relation), `error` (host-call
+//! error), `fault` (why the host ended an event), `result`, `call` (a
+//! backend call, `cache.scan`), `digest`. Times are in seconds.
+//!
+//! Beside them: `switchyard_build_info`, the instance pool
+//! (`switchyard_instances_in_use`, `_max`, wait time per handler) and the
+//! standard `process_*` series, read from `/proc` at each scrape.
+
+mod process;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -34,6 +45,49 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub handler: String,
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FaultLabels {
+    pub handler: String,
+    pub fault: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub handler: String,
+    pub call: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    pub target: String,
+}
+
+/// The host-call error kinds, as `error` labels.
+pub const ERRORS: [&str; 4] = ["unavailable", "denied", "invalid", "other"];
+/// Why the host ends an event, as `fault` labels (see `Fault::kind`).
+pub const FAULTS: [&str; 5] = [
+    "deadline",
+    "memory",
+    "host_call_limit",
+    "trap",
+    "instantiate",
+];
+/// The backend calls a guest makes, as `call` labels.
+pub const CALLS: [&str; 5] = [
+    "cache.scan",
+    "cache.delete",
+    "cache.delete-matching",
+    "graph.upsert-entity",
+    "graph.upsert-relation",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub handler: String,
     pub result: String,
@@ -45,6 +99,8 @@ pub struct PluginLabels {
     pub digest: String,
 }
 
+type Scrape = Box<dyn Fn(&Metrics) + Send + Sync>;
+
 /// Every metric the service exports.
 pub struct Metrics {
     registry: Registry,
@@ -55,8 +111,15 @@ pub struct Metrics {
     pub keys_scanned: Family<HandlerLabel, Counter>,
     pub keys_deleted: Family<HandlerLabel, Counter>,
     pub graph_upserts: Family<KindLabels, Counter>,
-    pub host_call_errors: Family<KindLabels, Counter>,
-    pub faults: Family<KindLabels, Counter>,
+    pub host_call_errors: Family<ErrorLabels, Counter>,
+    pub host_call_duration: Family<CallLabels, Histogram>,
+    pub faults: Family<FaultLabels, Counter>,
+    pub instance_wait: Family<HandlerLabel, Histogram>,
+    pub instances_in_use: Gauge,
+    pub instances_max: Gauge,
+    process: process::Process,
+    /// Run before each scrape, to read what lives elsewhere (the pool).
+    on_scrape: std::sync::Mutex<Vec<Scrape>>,
     pub reloads: Family<ResultLabels, Counter>,
     pub plugin: Family<PluginLabels, Gauge>,
     pub shadow: Family<ResultLabels, Counter>,
@@ -86,7 +149,49 @@ fn kind(name: &str, kind: &str) -> KindLabels {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("switchyard");
+        let mut root = Registry::default();
+        let process = process::Process::register(&mut root);
+        let registry = root.sub_registry_with_prefix("switchyard");
+        let build = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "The running build (value 1): its version and target",
+            build.clone(),
+        );
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                target: format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
+            })
+            .set(1);
+        let instances_in_use = Gauge::default();
+        registry.register(
+            "instances_in_use",
+            "Wasm instances running an event now, of switchyard_instances_max",
+            instances_in_use.clone(),
+        );
+        let instances_max = Gauge::default();
+        registry.register(
+            "instances_max",
+            "Wasm instances that may run at once (runtime.max_instances)",
+            instances_max.clone(),
+        );
+        let instance_wait = Family::<HandlerLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_01, 2.0, 24))
+        });
+        registry.register(
+            "instance_wait_seconds",
+            "Time an event waited for a free instance slot before it ran",
+            instance_wait.clone(),
+        );
+        let host_call_duration = Family::<CallLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+        });
+        registry.register(
+            "host_call_duration_seconds",
+            "Time of each cache and graph call a handler made, by call",
+            host_call_duration.clone(),
+        );
         let events = Family::<OutcomeLabels, Counter>::default();
         registry.register("events", "Events handled, by outcome", events.clone());
         let duration = Family::<HandlerLabel, Histogram>::new_with_constructor(|| {
@@ -127,16 +232,16 @@ impl Metrics {
             "Successful graph upserts, by kind (entity, relation)",
             graph_upserts.clone(),
         );
-        let host_call_errors = Family::<KindLabels, Counter>::default();
+        let host_call_errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "host_call_errors",
-            "Cache and graph calls that failed, by kind (unavailable, denied, invalid, other)",
+            "Cache and graph calls that failed, by error (unavailable, denied, invalid, other)",
             host_call_errors.clone(),
         );
-        let faults = Family::<KindLabels, Counter>::default();
+        let faults = Family::<FaultLabels, Counter>::default();
         registry.register(
             "faults",
-            "Events ended by the host (deadline, memory, host_call_limit, trap, instantiate)",
+            "Events ended by the host, by fault (deadline, memory, host_call_limit, trap, instantiate)",
             faults.clone(),
         );
         let reloads = Family::<ResultLabels, Counter>::default();
@@ -176,7 +281,7 @@ impl Metrics {
             lease_held.clone(),
         );
         Metrics {
-            registry,
+            registry: root,
             events,
             duration,
             redeliveries,
@@ -185,7 +290,13 @@ impl Metrics {
             keys_deleted,
             graph_upserts,
             host_call_errors,
+            host_call_duration,
             faults,
+            instance_wait,
+            instances_in_use,
+            instances_max,
+            process,
+            on_scrape: std::sync::Mutex::new(Vec::new()),
             reloads,
             plugin,
             shadow,
@@ -195,10 +306,47 @@ impl Metrics {
         }
     }
 
+    /// Runs `refresh` before every scrape.
+    pub fn on_scrape(&self, refresh: impl Fn(&Metrics) + Send + Sync + 'static) {
+        crate::lock(&self.on_scrape).push(Box::new(refresh));
+    }
+
     /// Creates every per-handler series at zero, so the first event, dead
-    /// letter or reload of a process shows up in `rate()` and `increase()`.
-    pub fn register_handler(&self, name: &str) {
+    /// letter or reload of a process shows up in `rate()` and `increase()`;
+    /// `exclusive` handlers get `lease_held` too (0 until the lease is won).
+    pub fn register_handler(&self, name: &str, exclusive: bool) {
         let label = handler(name);
+        let _ = self.duration.get_or_create(&label);
+        let _ = self.instance_wait.get_or_create(&label);
+        let _ = self.pending.get_or_create(&label);
+        let _ = self.ack_pending.get_or_create(&label);
+        if exclusive {
+            let _ = self.lease_held.get_or_create(&label);
+        }
+        for error in ERRORS {
+            let _ = self.host_call_errors.get_or_create(&ErrorLabels {
+                handler: name.to_string(),
+                error: error.to_string(),
+            });
+        }
+        for fault in FAULTS {
+            let _ = self.faults.get_or_create(&FaultLabels {
+                handler: name.to_string(),
+                fault: fault.to_string(),
+            });
+        }
+        for call in CALLS {
+            let _ = self.host_call_duration.get_or_create(&CallLabels {
+                handler: name.to_string(),
+                call: call.to_string(),
+            });
+        }
+        for result in ["same", "differ"] {
+            let _ = self.shadow.get_or_create(&ResultLabels {
+                handler: name.to_string(),
+                result: result.to_string(),
+            });
+        }
         for outcome in ["ack", "retry", "reject"] {
             let _ = self.events.get_or_create(&OutcomeLabels {
                 handler: name.to_string(),
@@ -232,12 +380,20 @@ impl Metrics {
         self.duration
             .get_or_create(&label)
             .observe(dispatch.elapsed.as_secs_f64());
+        self.instance_wait
+            .get_or_create(&label)
+            .observe(dispatch.waited.as_secs_f64());
         if attempt > 1 {
             self.redeliveries.get_or_create(&label).inc();
         }
         self.record_effects(name, &dispatch.effects);
         if let Some(fault) = &dispatch.fault {
-            self.faults.get_or_create(&kind(name, fault.kind())).inc();
+            self.faults
+                .get_or_create(&FaultLabels {
+                    handler: name.to_string(),
+                    fault: fault.kind().to_string(),
+                })
+                .inc();
         }
     }
 
@@ -256,7 +412,7 @@ impl Metrics {
             .get_or_create(&kind(name, "relation"))
             .inc_by(effects.relations_upserted);
         let errors = &effects.errors;
-        for (error_kind, count) in [
+        for (error, count) in [
             ("unavailable", errors.unavailable),
             ("denied", errors.denied),
             ("invalid", errors.invalid),
@@ -264,9 +420,20 @@ impl Metrics {
         ] {
             if count > 0 {
                 self.host_call_errors
-                    .get_or_create(&kind(name, error_kind))
+                    .get_or_create(&ErrorLabels {
+                        handler: name.to_string(),
+                        error: error.to_string(),
+                    })
                     .inc_by(count);
             }
+        }
+        for (call, took) in &effects.call_times.0 {
+            self.host_call_duration
+                .get_or_create(&CallLabels {
+                    handler: name.to_string(),
+                    call: (*call).to_string(),
+                })
+                .observe(took.as_secs_f64());
         }
     }
 
@@ -323,8 +490,19 @@ impl Metrics {
             .set(i64::from(held));
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The instance pool as of now: `in_use` of `max` slots taken.
+    pub fn instances(&self, in_use: usize, max: u32) {
+        self.instances_in_use.set(in_use as i64);
+        self.instances_max.set(i64::from(max));
+    }
+
+    /// The Prometheus text exposition of every metric, the process series
+    /// read fresh.
     pub fn render(&self) -> String {
+        self.process.refresh();
+        for refresh in crate::lock(&self.on_scrape).iter() {
+            refresh(self);
+        }
         let mut text = String::new();
         if encode(&mut text, &self.registry).is_err() {
             text.clear();
