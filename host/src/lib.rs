@@ -32,6 +32,7 @@
 //!   [`config`] (the TOML configuration and its overrides), [`grant`]
 //!   (what each handler may touch; scan-pattern containment), [`glob`]
 //!   (Valkey's matcher), [`limits`] (every bound the host enforces),
+//!   [`memory`] (whether the instance pool fits the process's memory),
 //!   [`identifier`] (graph identifiers), [`pointer`](mod@pointer) (JSON pointers),
 //!   [`process`] (hostname, user, clock), [`secret`] (credentials masked
 //!   in what is printed, secrets read from files), [`tls`] (why a TLS
@@ -52,6 +53,7 @@ pub mod http;
 pub mod identifier;
 pub mod isolation;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod nats;
 pub mod pointer;

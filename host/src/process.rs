@@ -49,6 +49,51 @@ fn uid() -> Option<u32> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The memory limit of this process's cgroup in MiB, if it has one: the
+/// lowest `memory.max` from its cgroup (v2) up to the root, or v1's
+/// `memory.limit_in_bytes`.
+pub fn memory_limit_mib() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let limit = |path: &std::path::Path| -> Option<u64> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let bytes: u64 = text.trim().parse().ok()?;
+        // v1 reports "no limit" as a number near 2^63.
+        (bytes < 1 << 60).then_some(bytes >> 20)
+    };
+    // The lowest limit from the cgroup's directory up to the hierarchy's root.
+    let lowest = |root: &str, path: &str, file: &str| -> Option<u64> {
+        let root = std::path::Path::new(root);
+        let mut dir = root.join(path.trim_start_matches('/'));
+        let mut lowest: Option<u64> = None;
+        loop {
+            if let Some(mib) = limit(&dir.join(file)) {
+                lowest = Some(lowest.map_or(mib, |l: u64| l.min(mib)));
+            }
+            if dir.as_path() == root || !dir.pop() {
+                return lowest;
+            }
+        }
+    };
+    let v2 = cgroups
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .and_then(|path| lowest("/sys/fs/cgroup", path, "memory.max"));
+    // v1 (or a hybrid host): the memory controller's hierarchy; inside a
+    // container its own cgroup is often mounted at the root.
+    let v1 = || {
+        let path = cgroups.lines().find_map(|l| {
+            let (_, rest) = l.split_once(':')?;
+            let (controllers, path) = rest.split_once(':')?;
+            controllers
+                .split(',')
+                .any(|c| c == "memory")
+                .then_some(path)
+        })?;
+        lowest("/sys/fs/cgroup/memory", path, "memory.limit_in_bytes")
+    };
+    v2.or_else(v1)
+}
+
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_ms() -> u64 {
     millis_since_epoch(SystemTime::now())

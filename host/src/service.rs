@@ -54,6 +54,11 @@ pub async fn run_with(
     })?
     .with_natives(natives);
     let runtime = Arc::new(runtime);
+    match crate::memory::check(&config, crate::process::memory_limit_mib()) {
+        crate::memory::Fit::Fits => {}
+        crate::memory::Fit::Warn(message) => tracing::warn!("{message}"),
+        crate::memory::Fit::Refuse(message) => anyhow::bail!("{message}"),
+    }
     let metrics = Arc::new(Metrics::new());
     for handler in &config.handlers {
         metrics.register_handler(&handler.name, handler.exclusive);

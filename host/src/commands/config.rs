@@ -63,6 +63,11 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<ExitCode> {
 fn check(path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let mut problems = files(&config);
+    match switchyard::memory::check(&config, switchyard::process::memory_limit_mib()) {
+        switchyard::memory::Fit::Fits => {}
+        switchyard::memory::Fit::Warn(message) => eprintln!("switchyard: warning: {message}"),
+        switchyard::memory::Fit::Refuse(message) => problems.push(message),
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -189,6 +189,12 @@ pub struct RuntimeSection {
     /// beyond it waits for a free instance.
     #[serde(default = "default_max_instances")]
     pub max_instances: u32,
+    /// The memory this process may use, in MiB. Start-up is refused when
+    /// the instance pool could need more (`max_instances` x the largest
+    /// `memory_mib`, plus the host's own). Without it, the cgroup limit is
+    /// checked and a pool that could exceed it is a warning.
+    #[serde(default)]
+    pub memory_budget_mib: Option<u64>,
 }
 
 fn default_max_instances() -> u32 {
@@ -199,6 +205,7 @@ impl Default for RuntimeSection {
     fn default() -> Self {
         RuntimeSection {
             max_instances: default_max_instances(),
+            memory_budget_mib: None,
         }
     }
 }

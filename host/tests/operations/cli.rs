@@ -387,3 +387,24 @@ fn every_command_reads_the_same_variables_as_the_configuration() {
         "dlq used SWITCHYARD_CONFIG: {stderr}"
     );
 }
+
+#[test]
+fn a_pool_that_could_outgrow_the_memory_budget_is_refused_by_check_and_serve() {
+    let names = Names::new("cli");
+    let config = operator_config(&names, plugin_file());
+    for args in [vec!["config", "check"], vec!["serve", "--config"]] {
+        let output = switchyard()
+            .args(&args)
+            .arg(&config)
+            .env("SWITCHYARD_RUNTIME__MEMORY_BUDGET_MIB", "1024")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} must fail: {stderr}");
+        assert!(
+            stderr.contains("config key `runtime.memory_budget_mib`")
+                && stderr.contains("32 x memory_mib 64 MiB"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

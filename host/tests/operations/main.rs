@@ -866,6 +866,35 @@ fn the_deployment_examples_configurations_are_accepted() {
         .unwrap_or_else(|e| panic!("{e}\n{toml}"));
     assert_eq!(config.http.listen, "0.0.0.0:9464");
     assert_eq!(config.handlers[0].grants.graph_labels, ["PhaseTransition"]);
+    // The pool fits the pod's memory limit.
+    let deployment = std::fs::read_to_string(example("k8s/deployment.yaml")).unwrap();
+    assert!(
+        deployment.contains("memory: 1536Mi"),
+        "the pod's limit moved"
+    );
+    assert_eq!(
+        switchyard::memory::check(&config, Some(1536)),
+        switchyard::memory::Fit::Fits
+    );
+
+    // systemd: the example configuration with the unit's environment file
+    // fits the unit's MemoryMax.
+    let env: Vec<(String, String)> = std::fs::read_to_string(example("systemd/switchyard.env"))
+        .unwrap()
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let unit = std::fs::read_to_string(example("systemd/switchyard.service")).unwrap();
+    assert!(unit.contains("MemoryMax=2G"), "the unit's limit moved");
+    let text = std::fs::read_to_string(example("switchyard.toml")).unwrap();
+    let config = Config::parse(&text, "examples/switchyard.toml", env).unwrap();
+    assert_eq!(config.runtime.memory_budget_mib, Some(2048));
+    assert_eq!(
+        switchyard::memory::check(&config, Some(2048)),
+        switchyard::memory::Fit::Fits
+    );
 }
 
 /// One request received by [`Collector`].
