@@ -298,3 +298,73 @@ fn test_reports_rejections_in_its_table_without_warnings() {
     assert!(!stderr.contains("WARN"), "{stderr}");
     assert!(!stderr.contains("isolated"), "{stderr}");
 }
+
+/// The README's command reference names every command and subcommand
+/// `--help` lists, and every flag of each.
+#[test]
+fn the_readme_command_reference_matches_help() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let start = readme.find("## Commands").expect("a Commands section");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    let help = |args: &[&str]| -> String {
+        let output = switchyard().args(args).arg("--help").output().unwrap();
+        assert!(output.status.success(), "{args:?} --help");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    // `Commands:` lines of a help page: the names before the description.
+    let commands = |text: &str| -> Vec<String> {
+        text.lines()
+            .skip_while(|l| !l.starts_with("Commands:"))
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .filter(|c| c != "help")
+            .collect()
+    };
+    let flags = |text: &str| -> Vec<String> {
+        text.split_whitespace()
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .map(|w| {
+                w.trim_end_matches(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                    .to_string()
+            })
+            .filter(|w| {
+                !["--help", "--version", "--log-format", "--otlp-endpoint"].contains(&w.as_str())
+            })
+            .collect()
+    };
+    let top = commands(&help(&[]));
+    assert!(top.len() >= 7, "{top:?}");
+    let mut missing = Vec::new();
+    for command in &top {
+        let page = help(&[command]);
+        let subcommands = commands(&page);
+        let pages: Vec<(String, String)> = if subcommands.is_empty() {
+            vec![(command.clone(), page)]
+        } else {
+            subcommands
+                .iter()
+                .map(|sub| (format!("{command} {sub}"), help(&[command, sub])))
+                .collect()
+        };
+        for (name, page) in pages {
+            let last = name.split(' ').next_back().unwrap();
+            if !(section.contains(&format!("`{name}")) || section.contains(&format!(" {last} "))) {
+                missing.push(format!("the command `{name}`"));
+            }
+            for flag in flags(&page) {
+                let flag = flag.split('=').next().unwrap().to_string();
+                if !section.contains(&flag) {
+                    missing.push(format!("`{name} {flag}`"));
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "in --help but not in the README's command reference: {}",
+        missing.join(", ")
+    );
+}
