@@ -52,6 +52,8 @@ enum Command {
     Test(commands::test::TestArgs),
     /// List a handler's dead letters, or replay them to their original subjects.
     Dlq(commands::dlq::DlqArgs),
+    /// Copy events from a stream into the `test` events format, consuming nothing.
+    Record(commands::record::RecordArgs),
     /// Check a configuration offline, or show it after overrides.
     Config(commands::config::ConfigArgs),
 }
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
         Command::Test(args) => commands::test::run(args),
         Command::Dlq(args) => commands::dlq::run(args),
         Command::Config(args) => commands::config::run(args),
+        Command::Record(args) => commands::record::run(args),
     };
     match result {
         Ok(code) => code,

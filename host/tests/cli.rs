@@ -98,6 +98,7 @@ fn test_command_reports_rejects_with_their_reason_and_config_is_applied() {
             "test",
             STORY_TRANSITIONS,
             "--json",
+            "--allow-rejects",
             "--set",
             "key_prefix=ctx/",
             "--events",
@@ -132,7 +133,13 @@ fn test_command_feeds_a_payload_that_is_not_utf8_given_as_base64() {
     );
     let cache = temp_file("binary-cache.json", "{\"context:S1\": \"v\"}");
     let output = switchyard()
-        .args(["test", STORY_TRANSITIONS, "--json", "--events"])
+        .args([
+            "test",
+            STORY_TRANSITIONS,
+            "--json",
+            "--allow-rejects",
+            "--events",
+        ])
         .arg(&events)
         .arg("--cache")
         .arg(&cache)
@@ -193,6 +200,7 @@ fn test_command_runs_with_a_handlers_grants_from_the_service_configuration() {
             .arg("--handler")
             .arg(handler)
             .arg("--json")
+            .arg("--allow-rejects")
             .output()
             .unwrap()
     };
@@ -285,7 +293,7 @@ fn test_reports_rejections_in_its_table_without_warnings() {
         "{\"subject\":\"s\",\"payload\":\"{oops\"}\n",
     );
     let output = switchyard()
-        .args(["test", STORY_TRANSITIONS, "--events"])
+        .args(["test", STORY_TRANSITIONS, "--allow-rejects", "--events"])
         .arg(&events)
         .env_remove("SWITCHYARD_LOG")
         .env_remove("RUST_LOG")
@@ -367,4 +375,108 @@ fn the_readme_command_reference_matches_help() {
         "in --help but not in the README's command reference: {}",
         missing.join(", ")
     );
+}
+
+/// Fixture lines say what must come of each event; `switchyard test`
+/// compares and exits 1 on any difference, naming it.
+#[test]
+fn test_compares_expectations_and_fails_naming_each_difference() {
+    let fixtures = example("story-transitions.fixtures.jsonl");
+    let run = |extra: &[&str]| {
+        switchyard()
+            .args(["test", STORY_TRANSITIONS, "--events"])
+            .arg(&fixtures)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let passing = run(&[]);
+    let stdout = String::from_utf8_lossy(&passing.stdout);
+    assert!(passing.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("4 checked, 4 as expected, 0 differ"),
+        "{stdout}"
+    );
+
+    // Another key prefix: the keys the first fixture expects gone stay.
+    let failing = run(&["--set", "key_prefix=ctx:"]);
+    let stdout = String::from_utf8_lossy(&failing.stdout);
+    let stderr = String::from_utf8_lossy(&failing.stderr);
+    assert!(!failing.status.success(), "a difference must fail the run");
+    assert!(
+        stdout.contains("#1 planning.story.transitioned:")
+            && stdout.contains("expected \"context:S1\" gone, got it still there"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("1 of the events differ"), "{stderr}");
+}
+
+/// An event nobody expected to be rejected fails the run: a consumer that
+/// reports success while its work fails is the incident.
+#[test]
+fn test_fails_on_a_rejection_no_expectation_allows() {
+    let events = temp_file(
+        "unexpected.jsonl",
+        "{\"subject\":\"s\",\"payload\":\"{oops\"}\n",
+    );
+    let run = |extra: &[&str]| {
+        switchyard()
+            .args(["test", STORY_TRANSITIONS, "--events"])
+            .arg(&events)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let output = run(&[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("1 event was rejected with no expectation"),
+        "{stderr}"
+    );
+    assert!(run(&["--allow-rejects"]).status.success());
+}
+
+/// `plugin push` is gated offline: a version that would be refused is
+/// refused before anything connects (here, to a NATS that is not there).
+#[test]
+fn push_checks_the_version_before_it_connects() {
+    let garbage = temp_file("not-a-component.wasm", "garbage");
+    let output = switchyard()
+        .args(["plugin", "push", "story-transitions"])
+        .arg(&garbage)
+        .args(["--nats", "nats://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("not a valid WebAssembly component"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("127.0.0.1:1"),
+        "it tried to connect first: {stderr}"
+    );
+
+    // A version whose fixtures fail is refused the same way.
+    let fixtures = temp_file(
+        "wrong.fixtures.jsonl",
+        "{\"subject\":\"s\",\"payload\":\"{oops\",\"expect\":\"ack\"}\n",
+    );
+    let output = switchyard()
+        .args([
+            "plugin",
+            "push",
+            "story-transitions",
+            STORY_TRANSITIONS,
+            "--fixtures",
+        ])
+        .arg(&fixtures)
+        .args(["--nats", "nats://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("expected ack, got reject"), "{stderr}");
 }

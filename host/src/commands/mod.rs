@@ -6,6 +6,7 @@ pub mod config;
 pub mod dlq;
 pub mod plugin;
 pub mod publish;
+pub mod record;
 pub mod serve;
 pub mod test;
 

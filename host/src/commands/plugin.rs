@@ -153,6 +153,18 @@ fn describe(version: &Version) -> String {
 pub fn run(args: PluginArgs) -> anyhow::Result<ExitCode> {
     let (nats, config) = args.connection.resolve()?;
     block_on(async move {
+        // A push is checked offline first (compile, world, fixtures), before
+        // anything connects: a version that would be refused never leaves
+        // the machine.
+        let prepared = match &args.command {
+            PluginCommand::Push {
+                name,
+                file,
+                fixtures,
+                ..
+            } => Some(prepare(name, file, fixtures.as_deref(), config.as_ref()).await?),
+            _ => None,
+        };
         let client = connect(&nats).await?;
         let control =
             ControlPlane::open(&async_nats::jetstream::new(client.clone()), &nats).await?;
@@ -160,34 +172,15 @@ pub fn run(args: PluginArgs) -> anyhow::Result<ExitCode> {
         match args.command {
             PluginCommand::Push {
                 name,
-                file,
-                fixtures,
                 shadow,
                 label,
                 allow_no_hosts,
                 wait,
+                ..
             } => {
-                let bytes = std::fs::read(&file)
-                    .with_context(|| format!("cannot read {}", file.display()))?;
-                let fixtures_text = match &fixtures {
-                    Some(path) => Some(
-                        std::fs::read(path)
-                            .with_context(|| format!("cannot read {}", path.display()))?,
-                    ),
-                    None => None,
+                let Some((bytes, fixtures_text)) = prepared else {
+                    bail!("the push was not prepared");
                 };
-                // With the handler's configuration at hand, check with its
-                // config, limits and grants; every host checks again with its own.
-                let profile = config
-                    .as_ref()
-                    .and_then(|c| {
-                        c.handlers.iter().find(|h| {
-                            h.plugin_object.as_deref() == Some(name.as_str()) || h.name == name
-                        })
-                    })
-                    .map(Profile::of)
-                    .unwrap_or_else(|| Profile::unrestricted(BTreeMap::new()));
-                validate(&bytes, fixtures_text.as_deref(), profile).await?;
                 let hosts = gather_status(&client, &status_subject, wait).await?;
                 let following = hosts
                     .iter()
@@ -328,6 +321,34 @@ fn hosts_on(versions: Option<BTreeMap<String, usize>>) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Reads a version and its fixtures and checks them as every host will:
+/// with the configuration, limits and grants of the handler in `config`
+/// that uses `name`, else unrestricted. Returns the bytes to store.
+async fn prepare(
+    name: &str,
+    file: &std::path::Path,
+    fixtures: Option<&std::path::Path>,
+    config: Option<&Config>,
+) -> anyhow::Result<(Vec<u8>, Option<Vec<u8>>)> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let fixtures_text = match fixtures {
+        Some(path) => {
+            Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)
+        }
+        None => None,
+    };
+    let profile = config
+        .and_then(|c| {
+            c.handlers
+                .iter()
+                .find(|h| h.plugin_object.as_deref() == Some(name) || h.name == name)
+        })
+        .map(Profile::of)
+        .unwrap_or_else(|| Profile::unrestricted(BTreeMap::new()));
+    validate(&bytes, fixtures_text.as_deref(), profile).await?;
+    Ok((bytes, fixtures_text))
 }
 
 /// What every host will check, checked before anything is stored: the

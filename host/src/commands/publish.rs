@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use switchyard::isolation::EventSpec;
+use switchyard::isolation::{EventSpec, Fixture};
 use switchyard::secret::mask_urls;
 
 #[derive(Args)]
@@ -75,7 +75,13 @@ fn events(args: &PublishArgs) -> anyhow::Result<Vec<EventSpec>> {
             .with_context(|| format!("cannot read events file {}", path.display()))?;
         (text, format!("events file {}", path.display()))
     };
-    let events = EventSpec::parse_lines(&text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    // Fixture lines publish as their events; `cache` and `expect` are for
+    // `switchyard test`.
+    let events: Vec<EventSpec> = Fixture::parse_event_lines(&text)
+        .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?
+        .into_iter()
+        .map(|fixture| fixture.event)
+        .collect();
     if events.is_empty() {
         bail!("{origin} holds no events: nothing published");
     }

@@ -1,5 +1,11 @@
 //! `switchyard test PLUGIN --events FILE [--cache FILE] [--set k=v]...
-//! [--config FILE --handler NAME] [--json]`
+//! [--config FILE --handler NAME] [--allow-rejects] [--json]`
+//!
+//! The offline gate: every event line may say what must come of it
+//! (`expect`, see `switchyard::isolation::fixture`); the command exits 1
+//! when any event differs from its expectation, printing expected against
+//! got, and when an event without one is rejected (unless
+//! `--allow-rejects`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,16 +16,20 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::Value as Json;
 use switchyard::config::Config;
-use switchyard::isolation::{EventResult, EventSpec, Isolation, Profile};
+use switchyard::isolation::{EventResult, Fixture, Isolation, Profile};
 
 #[derive(Args)]
 pub struct TestArgs {
     /// The plugin component (`.wasm`).
     plugin: PathBuf,
     /// Events as JSON lines: {"subject": "...", "payload": <JSON>, "headers": {...}};
-    /// bytes that are not UTF-8 as "payload_base64": "<base64>" instead of "payload".
+    /// bytes that are not UTF-8 as "payload_base64": "<base64>" instead of "payload";
+    /// optionally "cache": {key: value} seeded first and "expect": what must come of it.
     #[arg(long)]
     events: PathBuf,
+    /// Exit 0 even when an event that carries no expectation is rejected.
+    #[arg(long)]
+    allow_rejects: bool,
     /// A JSON object of key to value seeding the cache.
     #[arg(long)]
     cache: Option<PathBuf>,
@@ -55,7 +65,7 @@ fn parse_pair(text: &str) -> Result<(String, String), String> {
 pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let events_text = std::fs::read_to_string(&args.events)
         .with_context(|| format!("cannot read events file {}", args.events.display()))?;
-    let events = EventSpec::parse_lines(&events_text)
+    let events = Fixture::parse_event_lines(&events_text)
         .map_err(|e| anyhow::anyhow!("events file {}: {e}", args.events.display()))?;
     let seed = match &args.cache {
         Some(path) => read_seed(path)?,
@@ -94,16 +104,73 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        for event in events {
-            isolation.send(event).await;
+    let differences: Vec<Vec<String>> = runtime.block_on(async {
+        let mut all = Vec::new();
+        for event in &events {
+            all.push(isolation.check(event).await);
         }
+        all
     });
+    // Rejections nobody expected: the incident was a consumer that reported
+    // success while its work failed.
+    let unexpected: Vec<usize> = events
+        .iter()
+        .zip(isolation.results())
+        .enumerate()
+        .filter(|(_, (event, result))| event.expect.is_none() && result.outcome == "reject")
+        .map(|(i, _)| i)
+        .collect();
+    let failed: Vec<(usize, &Vec<String>)> = differences
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| !d.is_empty())
+        .collect();
 
     if args.json {
-        println!("{}", isolation.report());
+        let mut report = isolation.report();
+        report["expectations"] = serde_json::json!({
+            "checked": events.iter().filter(|e| e.expect.is_some()).count(),
+            "differing": failed.iter().map(|(i, d)| serde_json::json!({"event": i + 1, "differences": d})).collect::<Vec<_>>(),
+            "unexpected_rejects": unexpected.iter().map(|i| i + 1).collect::<Vec<_>>(),
+        });
+        println!("{report}");
     } else {
         print!("{}", table(&isolation));
+        let checked = events.iter().filter(|e| e.expect.is_some()).count();
+        if checked > 0 {
+            println!(
+                "expectations: {checked} checked, {} as expected, {} differ",
+                checked - failed.len(),
+                failed.len()
+            );
+        }
+        for (i, differences) in &failed {
+            println!("  #{} {}:", i + 1, events[*i].event.subject);
+            for difference in differences.iter() {
+                println!("    {difference}");
+            }
+        }
+    }
+    if !failed.is_empty() {
+        eprintln!(
+            "switchyard: {} of the events differ from what they expect",
+            failed.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if !unexpected.is_empty() && !args.allow_rejects {
+        let list: Vec<String> = unexpected.iter().map(|i| format!("#{}", i + 1)).collect();
+        eprintln!(
+            "switchyard: {} rejected with no expectation saying so ({}): add \"expect\": \
+             \"reject\" to those lines, or pass --allow-rejects",
+            if unexpected.len() == 1 {
+                "1 event was".to_string()
+            } else {
+                format!("{} events were", unexpected.len())
+            },
+            list.join(", ")
+        );
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }

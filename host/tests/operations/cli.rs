@@ -408,3 +408,113 @@ fn a_pool_that_could_outgrow_the_memory_budget_is_refused_by_check_and_serve() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_copies_events_faithfully_and_consumes_nothing() {
+    use async_nats::jetstream::consumer::pull;
+
+    let js = services::jetstream().await;
+    let names = Names::new("cli");
+    let stream = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: names.stream.clone(),
+            subjects: vec![format!("{}.>", names.id)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // A durable that a handler would consume: record must leave it alone.
+    let durable = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(names.durable(HANDLER)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    publish(&js, &names.subject, transition("REC-1", "t1")).await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Trace-Id", "rec-2");
+    js.publish_with_headers(
+        names.subject.clone(),
+        headers,
+        vec![0xff, 0x00, b'x'].into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    publish(&js, &format!("{}.other", names.id), b"plain text".to_vec()).await;
+
+    let dir = temp_dir(&names.id);
+    let out = dir.join("recorded.jsonl");
+    let record = |extra: Vec<String>| {
+        let out = out.clone();
+        let stream_name = names.stream.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut args: Vec<String> = vec![
+                "record".into(),
+                "--stream".into(),
+                stream_name,
+                "--out".into(),
+                out.display().to_string(),
+                "--nats".into(),
+                services::nats_url(),
+            ];
+            args.extend(extra);
+            let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+            cli(&args)
+        })
+    };
+    let (ok, stdout, stderr) = record(vec!["--subject".into(), names.subject.clone()])
+        .await
+        .unwrap();
+    assert!(ok, "record: {stderr}");
+    assert!(stdout.contains("recorded 2 events"), "{stdout}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(
+        lines[0]["payload"]["story_id"], "REC-1",
+        "JSON kept as JSON"
+    );
+    assert_eq!(lines[1]["payload_base64"], "/wB4", "bytes kept as base64");
+    assert_eq!(lines[1]["headers"]["Trace-Id"], "rec-2", "headers kept");
+
+    // The recorded file is a `switchyard test` input as it is.
+    let (ok, stdout, stderr) = cli(&[
+        "test".as_ref(),
+        STORY_TRANSITIONS.as_ref(),
+        "--allow-rejects".as_ref(),
+        "--events".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert!(ok, "test on recorded events: {stderr}");
+    assert!(
+        stdout.contains("2 events: 1 ack, 0 retry, 1 reject"),
+        "{stdout}"
+    );
+
+    // --last: the newest only; a plain-text payload stays a string.
+    let (ok, _, stderr) = record(vec!["--last".into(), "1".into()]).await.unwrap();
+    assert!(ok, "{stderr}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.lines().count(), 1);
+    assert!(text.contains("\"payload\":\"plain text\""), "{text}");
+
+    // Nothing consumed: the durable still has all three to deliver.
+    let mut durable = durable;
+    let info = durable.info().await.unwrap();
+    assert_eq!(info.num_pending, 3, "the durable is untouched");
+    assert_eq!(info.num_ack_pending, 0);
+
+    // Nothing there: a failure that says so.
+    let (ok, _, stderr) = record(vec!["--subject".into(), format!("{}.none", names.id)])
+        .await
+        .unwrap();
+    assert!(!ok);
+    assert!(stderr.contains("nothing recorded"), "{stderr}");
+    remove_streams(&js, &names).await;
+}

@@ -606,7 +606,15 @@ async fn plugin_push_reaches_two_host_processes_and_rollback_restores_the_previo
     .unwrap();
     let (first, second) = (variant(&dir, 1), variant(&dir, 2));
     let (first_digest, second_digest) = (digest_of(&first), digest_of(&second));
-    let fixtures = example("story-transitions.fixtures.jsonl");
+    // The example fixtures, for this handler's key prefix.
+    let fixtures = dir.join("fixtures.jsonl");
+    std::fs::write(
+        &fixtures,
+        std::fs::read_to_string(example("story-transitions.fixtures.jsonl"))
+            .unwrap()
+            .replace("\"context:", &format!("\"{}", key_prefix(&names))),
+    )
+    .unwrap();
     let push = |file: &std::path::Path, label: &[&str]| {
         let mut args: Vec<&std::ffi::OsStr> = vec![
             "plugin".as_ref(),

@@ -16,6 +16,10 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Serialize;
 use serde_json::{Map, Value as Json, json};
 
+pub mod fixture;
+
+pub use self::fixture::{Expectation, Fixture};
+
 use crate::backend::memory::{MemoryCache, MemoryGraph};
 use crate::bindings::event::Event;
 use crate::bindings::graph::Value;
@@ -114,60 +118,6 @@ impl EventSpec {
     }
 }
 
-/// An event and the outcome a plugin version must give it before it may go
-/// live. A line of a fixtures file is an event line with an `expect` field:
-/// `"ack"`, `"retry"`, `"reject"`, or `{"outcome": "reject", "detail": "text the reason contains"}`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Fixture {
-    pub event: EventSpec,
-    pub outcome: String,
-    pub detail: Option<String>,
-}
-
-impl Fixture {
-    pub fn parse_line(line: &str) -> Result<Self, String> {
-        let value: Json = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
-        let Json::Object(mut object) = value else {
-            return Err("a fixture must be a JSON object".into());
-        };
-        let (outcome, detail) = match object.remove("expect") {
-            Some(Json::String(outcome)) => (outcome, None),
-            Some(Json::Object(mut expect)) => {
-                let outcome = match expect.remove("outcome") {
-                    Some(Json::String(o)) => o,
-                    _ => return Err("\"expect\" needs an \"outcome\" string".into()),
-                };
-                let detail = match expect.remove("detail") {
-                    None => None,
-                    Some(Json::String(d)) => Some(d),
-                    Some(_) => return Err("\"expect.detail\" must be a string".into()),
-                };
-                (outcome, detail)
-            }
-            _ => {
-                return Err(
-                    "missing \"expect\" (ack, retry, reject, or {\"outcome\", \"detail\"})".into(),
-                );
-            }
-        };
-        if !matches!(outcome.as_str(), "ack" | "retry" | "reject") {
-            return Err(format!(
-                "expected outcome {outcome:?} is not ack, retry or reject"
-            ));
-        }
-        Ok(Fixture {
-            event: EventSpec::from_object(object)?,
-            outcome,
-            detail,
-        })
-    }
-
-    /// Parses a fixtures file; errors name the 1-based line.
-    pub fn parse_lines(text: &str) -> Result<Vec<Self>, String> {
-        parse_json_lines(text, Self::parse_line)
-    }
-}
-
 /// The configuration, limits and grants a plugin runs with in isolation.
 #[derive(Debug, Clone)]
 pub struct Profile {
@@ -204,7 +154,8 @@ impl Profile {
 }
 
 /// Runs `fixtures` through `plugin` with `profile` on fresh in-memory
-/// backends; the first mismatch is the error.
+/// backends, each after its keys are seeded; the first fixture that does
+/// not come out as expected is the error, with every difference in it.
 pub async fn run_fixtures(
     runtime: Arc<Runtime>,
     plugin: Arc<Plugin>,
@@ -213,30 +164,13 @@ pub async fn run_fixtures(
 ) -> Result<(), String> {
     let mut isolation = Isolation::on(runtime, plugin, profile);
     for (i, fixture) in fixtures.iter().enumerate() {
-        let dispatch = isolation.send(fixture.event.clone()).await;
-        let result = isolation.results().last().cloned();
-        let detail = result.and_then(|r| r.detail).unwrap_or_default();
-        let kind = dispatch.outcome.kind();
-        let detail_ok = fixture
-            .detail
-            .as_ref()
-            .is_none_or(|d| detail.contains(d.as_str()));
-        if kind != fixture.outcome || !detail_ok {
+        let differences = isolation.check(fixture).await;
+        if !differences.is_empty() {
             return Err(format!(
-                "fixture {} ({}): expected {}{}, got {kind}{}",
+                "fixture {} ({}): {}",
                 i + 1,
                 fixture.event.subject,
-                fixture.outcome,
-                fixture
-                    .detail
-                    .as_ref()
-                    .map(|d| format!(" containing {d:?}"))
-                    .unwrap_or_default(),
-                if detail.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {detail}")
-                },
+                differences.join("; ")
             ));
         }
     }
@@ -244,7 +178,10 @@ pub async fn run_fixtures(
 }
 
 /// Parses one item per non-blank line; errors name the 1-based line.
-fn parse_json_lines<T>(text: &str, parse: fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
+pub(crate) fn parse_json_lines<T>(
+    text: &str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, String> {
     text.lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
@@ -365,6 +302,17 @@ impl Isolation {
     /// The in-memory graph, to inspect.
     pub fn graph(&self) -> &MemoryGraph {
         &self.graph
+    }
+
+    /// Seeds `fixture`'s keys, sends its event, and returns how the result
+    /// differs from its expectation (nothing when it has none).
+    pub async fn check(&mut self, fixture: &Fixture) -> Vec<String> {
+        fixture::seed(&self.cache, fixture);
+        self.send(fixture.event.clone()).await;
+        let (Some(expect), Some(result)) = (&fixture.expect, self.results.last()) else {
+            return Vec::new();
+        };
+        expect.differences(result, &self.cache, &self.graph)
     }
 
     /// Sends one event as a first delivery.
