@@ -54,6 +54,8 @@ enum Command {
     Dlq(commands::dlq::DlqArgs),
     /// Copy events from a stream into the `test` events format, consuming nothing.
     Record(commands::record::RecordArgs),
+    /// Print (or write out) the WIT contract this binary serves.
+    Wit(commands::wit::WitArgs),
     /// Check a configuration offline, or show it after overrides.
     Config(commands::config::ConfigArgs),
 }
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
         Command::Dlq(args) => commands::dlq::run(args),
         Command::Config(args) => commands::config::run(args),
         Command::Record(args) => commands::record::run(args),
+        Command::Wit(args) => commands::wit::run(args),
     };
     match result {
         Ok(code) => code,

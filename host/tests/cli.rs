@@ -480,3 +480,38 @@ fn push_checks_the_version_before_it_connects() {
     assert!(!output.status.success());
     assert!(stderr.contains("expected ack, got reject"), "{stderr}");
 }
+
+/// `switchyard wit --out DIR` writes the whole contract the binary serves:
+/// every file of `wit/`, byte for byte.
+#[test]
+fn wit_writes_out_every_file_of_the_contract() {
+    let out = std::env::temp_dir().join(format!("switchyard-wit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let output = switchyard()
+        .args(["wit", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let wit = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../wit"));
+    let mut names: Vec<String> = std::fs::read_dir(&wit)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut written: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(written, names, "every WIT file, and only those");
+    for name in &names {
+        assert_eq!(
+            std::fs::read(out.join(name)).unwrap(),
+            std::fs::read(wit.join(name)).unwrap(),
+            "{name} differs"
+        );
+    }
+    let printed = switchyard().arg("wit").output().unwrap();
+    assert!(String::from_utf8_lossy(&printed.stdout).contains("world event-handler"));
+}

@@ -9,6 +9,7 @@ pub mod publish;
 pub mod record;
 pub mod serve;
 pub mod test;
+pub mod wit;
 
 use std::path::Path;
 use std::time::Duration;

@@ -19,6 +19,17 @@
 //!
 //! The generated modules are re-exported under short names: [`cache`],
 //! [`graph`], [`log`], [`config`], [`event`], [`outcome`] and [`types`].
+//! Beside them, what every cache-invalidating handler needs:
+//!
+//! - [`glob`]: data into Valkey globs, escaped ([`glob::escape`],
+//!   [`glob::under`]);
+//! - [`invalidate`]: "these exact keys and every key under these
+//!   prefixes" in one host call ([`invalidate::keys_and_prefixes`]);
+//! - [`settings`]: the handler's configuration, typed, with defaults;
+//! - [`logging`]: one-line log calls with fields.
+//!
+//! The contract is in `wit/` inside this crate, so a plugin outside the
+//! host's repository depends on this crate by path or git and builds.
 
 #![allow(unsafe_code)] // generated bindings cross the component ABI
 
@@ -27,11 +38,15 @@
 pub mod bindings {
     wit_bindgen::generate!({
         world: "event-handler",
-        path: "../../wit",
+        path: "wit",
         pub_export_macro: true,
         default_bindings_module: "switchyard_plugin::bindings",
     });
 }
+
+pub mod glob;
+pub mod invalidate;
+pub mod settings;
 
 pub use bindings::Guest;
 /// Exports a [`Guest`] implementation as the component's `handle`.

@@ -17,20 +17,7 @@
 //! these are ASCII, and UTF-8 never uses ASCII bytes inside a multi-byte
 //! character, so escaping character by character is escaping byte by byte.
 
-/// The bytes a Valkey glob treats specially outside a bracket class, plus `]`.
-pub const GLOB_SPECIALS: [char; 5] = ['*', '?', '[', ']', '\\'];
-
-/// Escapes `literal` so that a Valkey glob matches exactly that text.
-pub fn escape_glob(literal: &str) -> String {
-    let mut escaped = String::with_capacity(literal.len() + 8);
-    for c in literal.chars() {
-        if GLOB_SPECIALS.contains(&c) {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
-}
+pub use switchyard_plugin::glob::{SPECIALS as GLOB_SPECIALS, escape as escape_glob};
 
 /// The longest key or pattern a host accepts, in bytes (the contract's
 /// limit on `scan`, `delete` and `delete-matching` arguments).
