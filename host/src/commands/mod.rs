@@ -7,6 +7,7 @@ pub mod dlq;
 pub mod plugin;
 pub mod publish;
 pub mod record;
+pub mod scaffold;
 pub mod serve;
 pub mod test;
 pub mod wit;

@@ -45,6 +45,26 @@ impl Connection {
 
 #[derive(Subcommand)]
 pub enum PluginCommand {
+    /// Create a plugin crate: a handler, fixtures with expectations, a harness test, a README.
+    New {
+        /// The plugin's name (lower-case letters, digits, `-`).
+        name: String,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The SDK crate's directory (default: the one beside this binary's sources).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+        /// The plugin's language.
+        #[arg(long, default_value = "rust")]
+        lang: String,
+    },
+    /// Build a plugin crate's component for wasm32-wasip2; print its path, size and digest.
+    Build {
+        /// The plugin crate's directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// Validate a component and make it the live version of NAME on every host.
     Push {
         /// The plugin object: what hosts name in `plugin_object`.
@@ -151,6 +171,17 @@ fn describe(version: &Version) -> String {
 }
 
 pub fn run(args: PluginArgs) -> anyhow::Result<ExitCode> {
+    // The plugin kit's commands work offline.
+    match &args.command {
+        PluginCommand::New {
+            name,
+            dir,
+            sdk,
+            lang,
+        } => return super::scaffold::new(name, dir.as_deref(), sdk.as_deref(), lang),
+        PluginCommand::Build { dir } => return super::scaffold::build(dir),
+        _ => {}
+    }
     let (nats, config) = args.connection.resolve()?;
     block_on(async move {
         // A push is checked offline first (compile, world, fixtures), before
@@ -259,6 +290,9 @@ pub fn run(args: PluginArgs) -> anyhow::Result<ExitCode> {
                     version.name(),
                     version.digest
                 );
+            }
+            PluginCommand::New { .. } | PluginCommand::Build { .. } => {
+                unreachable!("handled before connecting")
             }
         }
         Ok(ExitCode::SUCCESS)

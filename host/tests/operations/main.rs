@@ -21,6 +21,7 @@ use switchyard_tests::services;
 
 mod cli;
 mod dashboard;
+mod kit;
 mod secrets;
 
 const HANDLER: &str = "story-transitions";
