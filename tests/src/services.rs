@@ -22,6 +22,20 @@ fn required(variable: &str) -> String {
     }
 }
 
+/// Reads `SWITCHYARD_SECURE_<name>` (see `scripts/secure-services env`),
+/// failing the test if it is missing.
+pub fn secure(name: &str) -> String {
+    let variable = format!("SWITCHYARD_SECURE_{name}");
+    match std::env::var(&variable) {
+        Ok(value) if !value.is_empty() => value,
+        _ => panic!(
+            "{variable} is not set: this test needs the TLS servers. Start them with \
+             `scripts/secure-services up` and export `scripts/secure-services env` \
+             (the README's test command does both)."
+        ),
+    }
+}
+
 pub fn nats_url() -> String {
     required("SWITCHYARD_TEST_NATS_URL")
 }

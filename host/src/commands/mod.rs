@@ -12,11 +12,35 @@ pub mod serve;
 pub mod test;
 pub mod wit;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use clap::Args;
 use switchyard::config::{Config, NatsConfig};
+
+/// Where a command finds NATS: a service configuration (its servers, TLS
+/// and credentials), or a bare URL.
+#[derive(Args)]
+pub struct NatsArgs {
+    /// A service configuration: its NATS servers, TLS and credentials.
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The NATS server, when no --config is given.
+    #[arg(
+        long,
+        default_value = "nats://127.0.0.1:4222",
+        env = "SWITCHYARD_NATS__URL"
+    )]
+    pub nats: String,
+}
+
+impl NatsArgs {
+    /// The NATS settings, and the configuration when one was given.
+    pub fn resolve(&self) -> anyhow::Result<(NatsConfig, Option<Config>)> {
+        nats_settings(self.config.as_deref(), &self.nats)
+    }
+}
 
 /// How long a command waits for NATS before it gives up.
 pub const NATS_TIMEOUT: Duration = Duration::from_secs(5);

@@ -26,16 +26,8 @@ pub struct PublishArgs {
     /// A header of the one message, NAME=VALUE; repeat for more.
     #[arg(long = "header", value_name = "NAME=VALUE", requires = "subject", value_parser = header)]
     headers: Vec<(String, String)>,
-    /// A service configuration: its NATS servers, TLS and credentials.
-    #[arg(long, env = "SWITCHYARD_CONFIG")]
-    config: Option<PathBuf>,
-    /// The NATS server, when no --config is given.
-    #[arg(
-        long,
-        default_value = "nats://127.0.0.1:4222",
-        env = "SWITCHYARD_NATS__URL"
-    )]
-    nats: String,
+    #[command(flatten)]
+    connection: super::NatsArgs,
 }
 
 fn header(value: &str) -> Result<(String, String), String> {
@@ -95,7 +87,7 @@ pub fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let (nats, _) = super::nats_settings(args.config.as_deref(), &args.nats)?;
+        let (nats, _) = args.connection.resolve()?;
         let client = super::connect(&nats, "switchyard-publish").await?;
         let js = async_nats::jetstream::new(client);
         for (i, event) in events.iter().enumerate() {

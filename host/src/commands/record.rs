@@ -41,16 +41,8 @@ pub struct RecordArgs {
     /// Where to write the events (`-` for standard output).
     #[arg(long)]
     out: PathBuf,
-    /// A service configuration: its NATS servers, TLS and credentials.
-    #[arg(long, env = "SWITCHYARD_CONFIG")]
-    config: Option<PathBuf>,
-    /// The NATS server, when no --config is given.
-    #[arg(
-        long,
-        default_value = "nats://127.0.0.1:4222",
-        env = "SWITCHYARD_NATS__URL"
-    )]
-    nats: String,
+    #[command(flatten)]
+    connection: super::NatsArgs,
 }
 
 fn since(value: &str) -> Result<SystemTime, String> {
@@ -111,7 +103,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn read(args: &RecordArgs) -> anyhow::Result<Vec<Json>> {
-    let (nats, _) = super::nats_settings(args.config.as_deref(), &args.nats)?;
+    let (nats, _) = args.connection.resolve()?;
     let client = super::connect(&nats, "switchyard-record").await?;
     let js = async_nats::jetstream::new(client);
     let stream = js

@@ -12,18 +12,7 @@ use std::time::Duration;
 
 use super::*;
 
-/// Reads `SWITCHYARD_SECURE_<name>`, failing the test if it is missing.
-fn secure(name: &str) -> String {
-    let variable = format!("SWITCHYARD_SECURE_{name}");
-    match std::env::var(&variable) {
-        Ok(value) if !value.is_empty() => value,
-        _ => panic!(
-            "{variable} is not set: this test needs the TLS servers. Start them with \
-             `scripts/secure-services up` and export `scripts/secure-services env` \
-             (the README's test command does both)."
-        ),
-    }
-}
+use switchyard_tests::services::secure;
 
 /// The secret in the file `SWITCHYARD_SECURE_<name>` names.
 fn secret(name: &str) -> String {

@@ -8,18 +8,7 @@ mod nats;
 mod neo4j;
 mod valkey;
 
-/// Reads `SWITCHYARD_SECURE_<name>`, failing the test if it is missing.
-pub fn secure(name: &str) -> String {
-    let variable = format!("SWITCHYARD_SECURE_{name}");
-    match std::env::var(&variable) {
-        Ok(value) if !value.is_empty() => value,
-        _ => panic!(
-            "{variable} is not set: this test needs the TLS servers. Start them with \
-             `scripts/secure-services up` and export `scripts/secure-services env` \
-             (the README's test command does both)."
-        ),
-    }
-}
+pub use switchyard_tests::services::secure;
 
 /// The file `SWITCHYARD_SECURE_<name>` names.
 pub fn read(name: &str) -> Vec<u8> {
