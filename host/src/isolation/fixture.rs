@@ -7,7 +7,10 @@
 //!  "cache": {"context:S1": "v", "context:S10": "v"},
 //!  "expect": {"outcome": "ack", "keys_gone": ["context:S1"],
 //!             "keys_kept": ["context:S10"],
-//!             "nodes": [{"label": "PhaseTransition", "id": "t1"}]}}
+//!             "nodes": [{"label": "PhaseTransition", "id": "t1"}],
+//!             "relations": [{"source": {"label": "Story", "id": "S1"},
+//!                            "kind": "MOVED_TO",
+//!                            "target": {"label": "Phase", "id": "BUILD"}}]}}
 //! ```
 //!
 //! `expect` may also be just the outcome: `"ack"`, `"retry"`, `"reject"`;
@@ -20,6 +23,9 @@ use serde_json::{Map, Value as Json};
 use super::{EventResult, EventSpec};
 use crate::backend::memory::{MemoryCache, MemoryGraph};
 
+/// A relation by its ends: ((source label, id), kind, (target label, id)).
+pub type Relation = ((String, String), String, (String, String));
+
 /// What must come of one event.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Expectation {
@@ -31,6 +37,8 @@ pub struct Expectation {
     pub keys_kept: Vec<String>,
     /// Nodes (label, id) that must exist in the graph after the event.
     pub nodes: Vec<(String, String)>,
+    /// Relations (source, kind, target) that must exist after the event.
+    pub relations: Vec<Relation>,
 }
 
 /// An event, the keys seeded before it, and what must come of it.
@@ -111,11 +119,12 @@ impl Expectation {
                     keys_gone: strings(object.remove("keys_gone"), "keys_gone")?,
                     keys_kept: strings(object.remove("keys_kept"), "keys_kept")?,
                     nodes: nodes(object.remove("nodes"))?,
+                    relations: relations(object.remove("relations"))?,
                 };
                 if let Some(unknown) = object.keys().next() {
                     return Err(format!(
                         "unknown field \"expect.{unknown}\" (expected outcome, detail, \
-                         keys_gone, keys_kept or nodes)"
+                         keys_gone, keys_kept, nodes or relations)"
                     ));
                 }
                 expect
@@ -180,6 +189,24 @@ impl Expectation {
                 }
             }
         }
+        if !self.relations.is_empty() {
+            let stored = graph.relations();
+            for ((source_label, source_id), kind, (target_label, target_id)) in &self.relations {
+                let found = stored.iter().any(|r| {
+                    &r.kind == kind
+                        && &r.source.label == source_label
+                        && &r.source.id == source_id
+                        && &r.target.label == target_label
+                        && &r.target.id == target_id
+                });
+                if !found {
+                    differences.push(format!(
+                        "expected relation ({source_label}:{source_id})-[{kind}]->\
+                         ({target_label}:{target_id}), got no such relation"
+                    ));
+                }
+            }
+        }
         differences
     }
 }
@@ -198,21 +225,51 @@ fn strings(value: Option<Json>, field: &str) -> Result<Vec<String>, String> {
     }
 }
 
+/// `{"label": "...", "id": "..."}`.
+fn node(value: Json) -> Option<(String, String)> {
+    let Json::Object(mut node) = value else {
+        return None;
+    };
+    match (node.remove("label"), node.remove("id")) {
+        (Some(Json::String(label)), Some(Json::String(id))) => Some((label, id)),
+        _ => None,
+    }
+}
+
 fn nodes(value: Option<Json>) -> Result<Vec<(String, String)>, String> {
     let bad = || "\"expect.nodes\" must be a list of {\"label\", \"id\"}".to_string();
     match value {
         None => Ok(Vec::new()),
         Some(Json::Array(items)) => items
             .into_iter()
-            .map(|item| {
-                let Json::Object(mut node) = item else {
-                    return Err(bad());
-                };
-                match (node.remove("label"), node.remove("id")) {
-                    (Some(Json::String(label)), Some(Json::String(id))) => Ok((label, id)),
-                    _ => Err(bad()),
-                }
-            })
+            .map(|item| node(item).ok_or_else(bad))
+            .collect(),
+        Some(_) => Err(bad()),
+    }
+}
+
+fn relations(value: Option<Json>) -> Result<Vec<Relation>, String> {
+    let bad = || {
+        "\"expect.relations\" must be a list of {\"source\": {\"label\", \"id\"}, \
+         \"kind\", \"target\": {\"label\", \"id\"}}"
+            .to_string()
+    };
+    let one = |item: Json| -> Option<Relation> {
+        let Json::Object(mut relation) = item else {
+            return None;
+        };
+        let source = node(relation.remove("source")?)?;
+        let target = node(relation.remove("target")?)?;
+        let Json::String(kind) = relation.remove("kind")? else {
+            return None;
+        };
+        Some((source, kind, target))
+    };
+    match value {
+        None => Ok(Vec::new()),
+        Some(Json::Array(items)) => items
+            .into_iter()
+            .map(|item| one(item).ok_or_else(bad))
             .collect(),
         Some(_) => Err(bad()),
     }
@@ -255,6 +312,52 @@ mod tests {
         assert_eq!(expect.keys_gone, ["k:1"]);
         assert_eq!(expect.keys_kept, ["k:2"]);
         assert_eq!(expect.nodes, [("L".to_string(), "i".to_string())]);
+    }
+
+    #[test]
+    fn an_expected_relation_is_checked_against_the_graph() {
+        use crate::backend::{GraphBackend, NodeKey};
+
+        let line = r#"{"subject": "s", "payload": {}, "expect": {"outcome": "ack",
+            "relations": [{"source": {"label": "Story", "id": "S1"}, "kind": "MOVED_TO",
+                           "target": {"label": "Phase", "id": "BUILD"}}]}}"#
+            .replace('\n', " ");
+        let expect = Fixture::parse_line(&line).unwrap().expect.unwrap();
+        let (cache, graph) = (MemoryCache::default(), MemoryGraph::default());
+        let result = EventResult {
+            subject: "s".into(),
+            outcome: "ack",
+            detail: None,
+            retry_after_ms: None,
+            effects: Default::default(),
+            fault: None,
+        };
+        let missing = expect.differences(&result, &cache, &graph);
+        assert_eq!(
+            missing,
+            ["expected relation (Story:S1)-[MOVED_TO]->(Phase:BUILD), got no such relation"]
+        );
+        let key = |label: &str, id: &str| NodeKey {
+            label: label.into(),
+            id: id.into(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(graph.upsert_relation(
+                &key("Story", "S1"),
+                "MOVED_TO",
+                &key("Phase", "BUILD"),
+                &[],
+            ))
+            .unwrap();
+        assert!(expect.differences(&result, &cache, &graph).is_empty());
+        let error = Fixture::parse_line(
+            r#"{"subject": "s", "payload": {}, "expect": {"outcome": "ack", "relations": [{"kind": "K"}]}}"#,
+        )
+        .unwrap_err();
+        assert!(error.contains("expect.relations"), "{error}");
     }
 
     #[test]
