@@ -247,22 +247,30 @@ impl Serve {
 
     /// SIGTERM, then waits for the graceful drain to end.
     fn terminate(mut self) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
+        let child = self.child.take().unwrap();
         let status = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success(), "kill -TERM failed");
+        self.child = Some(child);
+        self.exit_within(Duration::from_secs(30), "within 30 s of SIGTERM")
+    }
+
+    /// Waits up to `timeout` for the process to exit; past it, kills it
+    /// and fails the test saying it did not exit `when`.
+    fn exit_within(mut self, timeout: Duration, when: &str) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
         let start = Instant::now();
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
             }
-            if start.elapsed() > Duration::from_secs(30) {
+            if start.elapsed() > timeout {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "switchyard serve did not exit within 30 s of SIGTERM; log:\n{}",
+                    "switchyard serve did not exit {when}; log:\n{}",
                     self.logs()
                 );
             }

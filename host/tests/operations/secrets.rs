@@ -79,23 +79,16 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
 }
 
 /// Waits for a `serve` that must refuse to start: its exit status and log.
-fn refused(mut serve: Serve) -> (Option<i32>, String) {
-    let mut child = serve.child.take().unwrap();
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return (status.code(), serve.logs());
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "serve kept running with a wrong password (retrying a refusal?); log:\n{}",
-                serve.logs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn refused(serve: Serve) -> (Option<i32>, String) {
+    let log = serve.stderr.clone();
+    let status = serve.exit_within(
+        Duration::from_secs(60),
+        "with a wrong password (retrying a refusal?)",
+    );
+    (
+        status.code(),
+        std::fs::read_to_string(log).unwrap_or_default(),
+    )
 }
 
 fn assert_no_secret(what: &str, text: &str, secrets: &[&str]) {
