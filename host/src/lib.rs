@@ -36,7 +36,8 @@
 //!   [`identifier`] (graph identifiers), [`pointer`](mod@pointer) (JSON pointers),
 //!   [`process`] (hostname, user, clock), [`secret`] (credentials masked
 //!   in what is printed, secrets read from files), [`tls`] (why a TLS
-//!   handshake failed, in words), [`bindings`] (the one
+//!   handshake failed, in words), [`toolchain`] (building a plugin's
+//!   component from its sources), [`bindings`] (the one
 //!   `bindgen!` of the WIT world).
 
 pub mod backend;
@@ -63,6 +64,7 @@ pub mod secret;
 pub mod service;
 pub mod telemetry;
 pub mod tls;
+pub mod toolchain;
 
 /// Locks `mutex`, recovering it if a thread panicked while holding it.
 /// Every mutex in the host guards state that a panic cannot leave half

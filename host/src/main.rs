@@ -54,6 +54,8 @@ enum Command {
     Dlq(commands::dlq::DlqArgs),
     /// Copy events from a stream into the `test` events format, consuming nothing.
     Record(commands::record::RecordArgs),
+    /// Rebuild a plugin on every save, run its fixtures, and hot-swap passing builds.
+    Dev(commands::dev::DevArgs),
     /// Print (or write out) the WIT contract this binary serves.
     Wit(commands::wit::WitArgs),
     /// Check a configuration offline, or show it after overrides.
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
         Command::Config(args) => commands::config::run(args),
         Command::Record(args) => commands::record::run(args),
         Command::Wit(args) => commands::wit::run(args),
+        Command::Dev(args) => commands::dev::run(args),
     };
     match result {
         Ok(code) => code,

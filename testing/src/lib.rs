@@ -1,6 +1,7 @@
 //! A test harness for Switchyard handler plugins.
 //!
-//! Load a built plugin, seed its in-memory cache, send events, and assert on
+//! Load a built plugin (or build one: [`Harness::build`] takes a plugin
+//! crate's directory), seed its in-memory cache, send events, and assert on
 //! what happened: the outcome of each event, the keys left in the cache and
 //! the nodes written to the graph. The plugin runs on the same runtime and
 //! capabilities as in the service; the in-memory cache selects keys exactly
@@ -39,6 +40,7 @@ pub use switchyard::isolation::EventSpec;
 use switchyard::isolation::{Isolation, Profile};
 pub use switchyard::limits::Limits;
 pub use switchyard::runtime::{Dispatch, Fault, Outcome};
+use switchyard::toolchain;
 
 /// Configures a plugin before it starts. By default every key, label and
 /// relation is granted and the default limits apply.
@@ -125,6 +127,25 @@ impl Harness {
             path: path.as_ref().to_path_buf(),
             profile: Profile::unrestricted(BTreeMap::new()),
         }
+    }
+
+    /// Builds the plugin in `dir` (as `switchyard plugin build` does: a
+    /// Rust crate for `wasm32-wasip2` in release) and starts configuring
+    /// its component. One build per directory per test process: the tests
+    /// of one binary share it. A failed build panics with the compiler's
+    /// last lines.
+    pub fn build(dir: impl AsRef<Path>) -> Builder {
+        static BUILT: std::sync::Mutex<BTreeMap<PathBuf, PathBuf>> =
+            std::sync::Mutex::new(BTreeMap::new());
+        let dir = dir.as_ref().to_path_buf();
+        let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+        let artifact = built.entry(dir.clone()).or_insert_with(|| {
+            match toolchain::build(&dir, toolchain::Output::Captured) {
+                Ok(built) => built.artifact,
+                Err(error) => panic!("building the plugin in {}: {error:#}", dir.display()),
+            }
+        });
+        Harness::load(artifact.clone())
     }
 
     fn new(isolation: Isolation) -> Self {

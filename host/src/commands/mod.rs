@@ -3,6 +3,7 @@
 //! configuration (with its TLS and credentials) or a bare URL.
 
 pub mod config;
+pub mod dev;
 pub mod dlq;
 pub mod plugin;
 pub mod publish;

@@ -95,48 +95,27 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     };
     profile.config.extend(args.config);
 
-    let mut isolation = Isolation::load(&plugin, profile)
+    let verdict = check(&plugin, events, profile, seed)
         .with_context(|| format!("plugin {}", args.plugin.display()))?;
-    for (key, value) in seed {
-        isolation.cache().set(key, value);
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let differences: Vec<Vec<String>> = runtime.block_on(async {
-        let mut all = Vec::new();
-        for event in &events {
-            all.push(isolation.check(event).await);
-        }
-        all
-    });
-    // Rejections nobody expected: the incident was a consumer that reported
-    // success while its work failed.
-    let unexpected: Vec<usize> = events
-        .iter()
-        .zip(isolation.results())
-        .enumerate()
-        .filter(|(_, (event, result))| event.expect.is_none() && result.outcome == "reject")
-        .map(|(i, _)| i)
-        .collect();
-    let failed: Vec<(usize, &Vec<String>)> = differences
-        .iter()
-        .enumerate()
-        .filter(|(_, d)| !d.is_empty())
-        .collect();
+    let Verdict {
+        isolation,
+        events,
+        unexpected,
+        ..
+    } = &verdict;
+    let failed = verdict.failed();
+    let checked = verdict.checked();
 
     if args.json {
         let mut report = isolation.report();
         report["expectations"] = serde_json::json!({
-            "checked": events.iter().filter(|e| e.expect.is_some()).count(),
+            "checked": checked,
             "differing": failed.iter().map(|(i, d)| serde_json::json!({"event": i + 1, "differences": d})).collect::<Vec<_>>(),
             "unexpected_rejects": unexpected.iter().map(|i| i + 1).collect::<Vec<_>>(),
         });
         println!("{report}");
     } else {
-        print!("{}", table(&isolation));
-        let checked = events.iter().filter(|e| e.expect.is_some()).count();
+        print!("{}", table(isolation));
         if checked > 0 {
             println!(
                 "expectations: {checked} checked, {} as expected, {} differ",
@@ -173,6 +152,72 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What came of running events through a plugin on in-memory backends.
+pub struct Verdict {
+    pub isolation: Isolation,
+    pub events: Vec<Fixture>,
+    /// Per event, how it differs from its expectation (empty: as expected).
+    pub differences: Vec<Vec<String>>,
+    /// The events rejected with no expectation saying so.
+    pub unexpected: Vec<usize>,
+}
+
+impl Verdict {
+    /// How many events carry an expectation.
+    pub fn checked(&self) -> usize {
+        self.events.iter().filter(|e| e.expect.is_some()).count()
+    }
+
+    /// The events that differ, with how.
+    pub fn failed(&self) -> Vec<(usize, &Vec<String>)> {
+        self.differences
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| !d.is_empty())
+            .collect()
+    }
+}
+
+/// Runs `events` through `plugin` (seeded with `seed` first) and compares
+/// each with its expectation.
+pub fn check(
+    plugin: &[u8],
+    events: Vec<Fixture>,
+    profile: Profile,
+    seed: BTreeMap<String, String>,
+) -> anyhow::Result<Verdict> {
+    let mut isolation = Isolation::load(plugin, profile)?;
+    for (key, value) in seed {
+        isolation.cache().set(key, value);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let differences: Vec<Vec<String>> = runtime.block_on(async {
+        let mut all = Vec::new();
+        for event in &events {
+            all.push(isolation.check(event).await);
+        }
+        all
+    });
+    // Rejections nobody expected: the incident was a consumer that reported
+    // success while its work failed.
+    let unexpected: Vec<usize> = events
+        .iter()
+        .zip(isolation.results())
+        .enumerate()
+        .filter(|(_, (event, result))| event.expect.is_none() && result.outcome == "reject")
+        .map(|(i, _)| i)
+        .collect();
+    Ok(Verdict {
+        isolation,
+        events,
+        differences,
+        unexpected,
+    })
 }
 
 fn read_seed(path: &PathBuf) -> anyhow::Result<BTreeMap<String, String>> {

@@ -2,7 +2,8 @@
 //! the repository: scaffold a plugin, build it, record events from a real
 //! stream, test it against them with expectations (a passing run and a
 //! failing one that names the difference), push it, see it live in
-//! `switchyard status`.
+//! `switchyard status`, change it under `switchyard dev` (a passing change
+//! goes live, a breaking one is refused and changes nothing), roll back.
 
 use super::*;
 
@@ -36,6 +37,16 @@ fn a_new_plugin_goes_from_scaffold_to_live_with_recorded_fixtures() {
         .unwrap_or_else(|| panic!("no artifact in {built:?}"))
         .to_string();
     let digest = digest_of(std::path::Path::new(&artifact));
+
+    // The harness builds the crate it is pointed at (here: nothing to do
+    // after the build above) and runs it in isolation.
+    let mut plugin = switchyard_testing::Harness::build(&plugin_dir).start();
+    plugin.seed_keys(["user:7", "user:7:profile", "user:70"]);
+    plugin
+        .send_json("users.updated", serde_json::json!({"user_id": "7"}))
+        .assert_ack()
+        .assert_deleted(2);
+    plugin.assert_keys(["user:70"]);
     step(
         &mut transcript,
         &[
@@ -152,6 +163,75 @@ fn a_new_plugin_goes_from_scaffold_to_live_with_recorded_fixtures() {
     fleet_on(&config_path, &[serve.pid()], &format!("#1 {digest}"));
     let status = step(&mut transcript, &["status", "--config", config]);
     assert!(status.contains(&digest), "{status}");
+
+    // The dev loop: a change that keeps the fixtures passing goes live as
+    // a new version; one that breaks them is refused and changes nothing.
+    let source = plugin_dir.join("src/lib.rs");
+    let original = std::fs::read_to_string(&source).unwrap();
+    let edit = |from: &str, to: &str| {
+        let text = std::fs::read_to_string(&source).unwrap();
+        assert!(text.contains(from), "{from:?} not in the template");
+        std::fs::write(&source, text.replace(from, to)).unwrap();
+    };
+    edit("\"invalidated\"", "\"invalidated the user's keys\"");
+    let mut dev = switchyard()
+        .args(["dev", dir, "--config", config])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = lines.clone();
+        let stdout = dev.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+    let cycle = |n: usize| {
+        poll(Duration::from_secs(180), &format!("dev cycle {n}"), || {
+            let lines = lines.lock().unwrap();
+            let cycles: Vec<&String> = lines.iter().filter(|l| l.starts_with('[')).collect();
+            cycles
+                .get(n - 1)
+                .map(|l| l.to_string())
+                .ok_or_else(|| format!("{lines:?}"))
+        })
+    };
+    let first = cycle(1);
+    assert!(
+        first.contains("start · built in")
+            && first.contains("fixtures 3/3 passed")
+            && first.contains("pushed #2 (dev) to `user-cache`; live on 1 of 1 host"),
+        "{first}"
+    );
+    let changed = digest_of(std::path::Path::new(&artifact));
+    assert_ne!(changed, digest);
+    edit("payload.get(\"user_id\")", "payload.get(\"id\")");
+    let second = cycle(2);
+    assert!(
+        second.contains("src/lib.rs changed")
+            && second.contains("fixtures 1/3 passed; not swapped"),
+        "{second}"
+    );
+    dev.kill().unwrap();
+    dev.wait().unwrap();
+    reader.join().unwrap();
+    transcript.push(format!(
+        "$ switchyard dev {dir} --config {config}\n{}",
+        lines.lock().unwrap().join("\n")
+    ));
+    std::fs::write(&source, original).unwrap();
+    let status = step(&mut transcript, &["status", "--config", config]);
+    assert!(status.contains(&changed), "{status}");
+    step(
+        &mut transcript,
+        &["plugin", "rollback", "user-cache", "--config", config],
+    );
+    fleet_on(&config_path, &[serve.pid()], &format!("#1 {digest}"));
+    step(&mut transcript, &["status", "--config", config]);
     eprintln!("{}", transcript.join("\n"));
     assert_eq!(serve.terminate().code(), Some(0));
     let runtime = tokio::runtime::Runtime::new().unwrap();

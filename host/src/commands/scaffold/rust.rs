@@ -1,54 +1,17 @@
-//! `switchyard plugin new NAME` and `switchyard plugin build [DIR]`: a
-//! plugin crate of a team's own, anywhere, and its component built.
-//!
-//! `new` writes a crate that builds for `wasm32-wasip2` against the SDK
-//! (which carries the WIT): a handler that invalidates one entity's keys,
-//! a fixtures file with expectations, a harness test and a README. `build`
-//! runs cargo with the right target and profile and prints the artifact's
-//! path, size and digest.
+//! The Rust template: a crate of its own that builds for `wasm32-wasip2`
+//! against the SDK (which carries the WIT).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::path::Path;
 
-use anyhow::{Context as _, bail};
-use switchyard::runtime::Digest;
+use anyhow::Context as _;
 
-/// Where this binary's SDK and harness crates are, when it runs from (or
-/// was built in) a checkout of the host's repository.
-fn repository_crate(relative: &str) -> Option<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(relative);
-    path.join("Cargo.toml")
-        .is_file()
-        .then(|| path.canonicalize().ok())
-        .flatten()
-}
+use super::repository_crate;
 
-/// `plugin new`: writes the crate into `dir` (default `./NAME`).
-pub fn new(
+/// The template's files, and what it was written against.
+pub fn files(
     name: &str,
-    dir: Option<&Path>,
     sdk: Option<&Path>,
-    lang: &str,
-) -> anyhow::Result<ExitCode> {
-    if lang != "rust" {
-        bail!("--lang {lang}: only rust plugins can be scaffolded by this version");
-    }
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        || !name.starts_with(|c: char| c.is_ascii_lowercase())
-    {
-        bail!(
-            "plugin name {name:?}: use lower-case letters, digits and `-`, starting with a letter"
-        );
-    }
-    let dir = dir.map_or_else(|| PathBuf::from(name), Path::to_path_buf);
-    if dir.exists() {
-        bail!("{} already exists: nothing written", dir.display());
-    }
+) -> anyhow::Result<(Vec<(&'static str, String)>, String)> {
     let sdk = match sdk {
         Some(path) => path
             .canonicalize()
@@ -63,14 +26,11 @@ pub fn new(
         .map(|root| root.join("testing"))
         .filter(|t| t.join("Cargo.toml").is_file());
     let crate_name = name.replace('-', "_");
-    let files = [
+    let files = vec![
         ("Cargo.toml", cargo_toml(name, &sdk, testing.as_deref())),
         ("src/lib.rs", LIB_RS.to_string()),
         ("fixtures.jsonl", FIXTURES.to_string()),
-        (
-            "tests/harness.rs",
-            HARNESS_RS.replace("{crate}", &crate_name),
-        ),
+        ("tests/harness.rs", HARNESS_RS.to_string()),
         (
             "README.md",
             README_MD
@@ -79,21 +39,7 @@ pub fn new(
         ),
         (".gitignore", "/target\n".to_string()),
     ];
-    for (file, text) in &files {
-        let path = dir.join(file);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    println!(
-        "created plugin `{name}` in {} (SDK {}); next: switchyard plugin build {}",
-        dir.display(),
-        sdk.display(),
-        dir.display()
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok((files, format!("SDK {}", sdk.display())))
 }
 
 fn cargo_toml(name: &str, sdk: &Path, testing: Option<&Path>) -> String {
@@ -178,26 +124,34 @@ const FIXTURES: &str = r#"{"subject": "users.updated", "payload": {"user_id": "4
 {"subject": "users.updated", "payload": {"name": "no id"}, "expect": {"outcome": "reject", "detail": "user_id"}}
 "#;
 
-const HARNESS_RS: &str = r#"//! The plugin in isolation, on in-memory backends: run
-//! `switchyard plugin build` first, then `cargo test`.
+const HARNESS_RS: &str = r#"//! The plugin in isolation, on in-memory backends. `Harness::build` builds
+//! this crate for wasm32-wasip2 (as `switchyard plugin build` does) and
+//! loads the component, so `cargo test` is all it takes.
 
 use serde_json::json;
 use switchyard_testing::Harness;
 
-const COMPONENT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/target/wasm32-wasip2/release/{crate}.wasm"
-);
+fn plugin() -> switchyard_testing::Harness {
+    Harness::build(env!("CARGO_MANIFEST_DIR")).start()
+}
 
 #[test]
 fn an_update_invalidates_the_users_keys_and_no_other() {
-    let mut plugin = Harness::load(COMPONENT).start();
+    let mut plugin = plugin();
     plugin.seed_keys(["user:42", "user:42:profile", "user:420"]);
     plugin
         .send_json("users.updated", json!({"user_id": "42"}))
         .assert_ack()
         .assert_deleted(2);
     plugin.assert_keys(["user:420"]);
+}
+
+#[test]
+fn a_payload_without_an_id_is_rejected_before_any_cache_call() {
+    let mut plugin = plugin();
+    let sent = plugin.send_json("users.updated", json!({"name": "no id"}));
+    sent.assert_reject_containing("user_id");
+    sent.assert_no_effects();
 }
 "#;
 
@@ -209,7 +163,8 @@ user's cached keys (`user:<id>` and everything under `user:<id>:`).
 ```sh
 switchyard plugin build .                      # the component, its size and digest
 switchyard test target/wasm32-wasip2/release/{crate}.wasm --events fixtures.jsonl
-cargo test                                     # the harness test, after a build
+cargo test                                     # the harness tests (they build the plugin)
+switchyard dev . --config switchyard.toml      # rebuild, test and hot-swap on every save
 switchyard plugin push {name} target/wasm32-wasip2/release/{crate}.wasm \
     --fixtures fixtures.jsonl --config switchyard.toml
 ```
@@ -219,52 +174,3 @@ and kept); `switchyard test` fails on any difference, and `plugin push`
 runs the same file before it stores a version. `switchyard record` turns
 real traffic into more of them.
 "#;
-
-/// `plugin build`: the component of the plugin crate in `dir`.
-pub fn build(dir: &Path) -> anyhow::Result<ExitCode> {
-    let dir = &dir
-        .canonicalize()
-        .with_context(|| format!("{} is not a plugin crate", dir.display()))?;
-    let manifest = dir.join("Cargo.toml");
-    let text = std::fs::read_to_string(&manifest)
-        .with_context(|| format!("{} is not a plugin crate", dir.display()))?;
-    let table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("{} is not TOML", manifest.display()))?;
-    let Some(name) = table
-        .get("package")
-        .and_then(|p| p.get("name"))
-        .and_then(|n| n.as_str())
-    else {
-        bail!("{} has no [package] name", manifest.display());
-    };
-    let started = std::time::Instant::now();
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .env_remove("CARGO_TARGET_DIR")
-        .current_dir(dir)
-        .status()
-        .context("cannot run cargo")?;
-    if !status.success() {
-        bail!("cargo build of {} failed ({status})", dir.display());
-    }
-    let artifact = dir
-        .join("target/wasm32-wasip2/release")
-        .join(format!("{}.wasm", name.replace('-', "_")));
-    let bytes = std::fs::read(&artifact)
-        .with_context(|| format!("the build left no component at {}", artifact.display()))?;
-    println!(
-        "built {} ({} bytes, {}) in {:.1} s",
-        artifact.display(),
-        bytes.len(),
-        Digest::of(&bytes),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(ExitCode::SUCCESS)
-}
