@@ -20,8 +20,8 @@ fn example(path: &str) -> PathBuf {
 
 fn temp_file(name: &str, contents: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("switchyard-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, contents).unwrap();
     path
 }
@@ -514,4 +514,51 @@ fn wit_writes_out_every_file_of_the_contract() {
     }
     let printed = switchyard().arg("wit").output().unwrap();
     assert!(String::from_utf8_lossy(&printed.stdout).contains("world event-handler"));
+}
+
+#[test]
+fn dev_refuses_a_directory_that_holds_no_plugin() {
+    let dir = temp_file("not-a-plugin/notes.txt", "")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let output = switchyard()
+        .args(["dev", "--once"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("holds no plugin") && stderr.contains("Cargo.toml"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn dev_asks_which_handler_when_the_configuration_has_several() {
+    let plugin = temp_file("dev-plugin/Cargo.toml", "[package]\nname = \"p\"\n")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let example = std::fs::read_to_string(example("switchyard.toml")).unwrap();
+    let start = example.find("[[handlers]]").unwrap();
+    let second = example[start..]
+        .replace("name = \"story-transitions\"", "name = \"second\"")
+        .replace("context-planning-story-transitions", "second")
+        .replace("planning.story.transitioned", "planning.story.second");
+    let config = temp_file("dev-two-handlers.toml", &format!("{example}\n{second}"));
+    let output = switchyard()
+        .args(["dev", "--once"])
+        .arg(&plugin)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("2 handlers (story-transitions, second): say which with --handler"),
+        "{stderr}"
+    );
 }
