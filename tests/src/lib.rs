@@ -15,6 +15,31 @@ pub mod services;
 pub mod artifacts {
     include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
 
+    /// The path of `plugins/dist/<name>.wasm`, a plugin `scripts/build-plugins`
+    /// builds (the JavaScript and Python ones). Panics when it is missing:
+    /// a test that needs it fails rather than passing without it.
+    pub fn built_plugin(name: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../plugins/dist")
+            .join(format!("{name}.wasm"));
+        assert!(
+            path.is_file(),
+            "{} is missing: run scripts/build-plugins (scripts/test does)",
+            path.display()
+        );
+        path.display().to_string()
+    }
+
+    /// The fixtures every story-transitions plugin must pass, whatever its
+    /// language: `plugins/fixtures/story-transitions.jsonl`.
+    pub fn story_transitions_fixtures() -> String {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../plugins/fixtures/story-transitions.jsonl"
+        );
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+    }
+
     /// The story-transitions component with a custom section appended:
     /// the same behaviour under another digest, one per `tag`.
     pub fn story_transitions_variant(tag: u32) -> Vec<u8> {

@@ -9,6 +9,9 @@ use switchyard::runtime::{Fault, LoadError, Runtime, RuntimeConfig, panic_messag
 use switchyard_testing::{Harness, Limits, Outcome};
 use switchyard_tests::artifacts::{HOSTILE, V010, WRONG_WORLD};
 
+#[path = "runtime/languages.rs"]
+mod languages;
+
 const SUBJECT: &str = "test.hostile";
 
 fn hostile(limits: Limits) -> Harness {
