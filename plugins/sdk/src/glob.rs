@@ -41,5 +41,39 @@ mod tests {
         assert_eq!(escape(r"a*b?c[d]e\f"), r"a\*b\?c\[d\]e\\f");
         assert_eq!(escape("plain:id-1^é"), "plain:id-1^é");
         assert_eq!(under("user:4*2:"), r"user:4\*2:*");
+        assert_eq!(escape(""), "");
+    }
+
+    /// The literal text a pattern made of literal characters, `\x`
+    /// escapes and one final `*` matches the start of; any other glob
+    /// syntax (an unescaped `?`, `[`, `]` or inner `*`, a dangling `\`) is
+    /// an error, since then the pattern is no literal prefix match.
+    fn literal_prefix_of(pattern: &str) -> Result<String, String> {
+        let body = pattern.strip_suffix('*').ok_or("no final `*`")?;
+        let mut literal = String::new();
+        let mut chars = body.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => literal.push(chars.next().ok_or("dangling `\\`")?),
+                '*' | '?' | '[' | ']' => return Err(format!("unescaped `{c}` in {pattern:?}")),
+                c => literal.push(c),
+            }
+        }
+        Ok(literal)
+    }
+
+    #[test]
+    fn under_is_a_literal_prefix_for_every_ascii_character_and_beyond() {
+        let ascii: String = (0u8..=127).map(char::from).collect();
+        for prefix in [
+            ascii.as_str(),
+            "ñandú-🦀-故事:",
+            "[^a]",
+            "[a-z]",
+            "\\*",
+            "::",
+        ] {
+            assert_eq!(literal_prefix_of(&under(prefix)).as_deref(), Ok(prefix));
+        }
     }
 }
