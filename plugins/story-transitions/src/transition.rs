@@ -102,8 +102,8 @@ pub fn parse(payload: &[u8]) -> Result<Transition, String> {
     let (mut ids, mut froms, mut tos, mut timestamps) = (vec![], vec![], vec![], vec![]);
     for (fields, at) in levels.iter().copied() {
         ids.push(story_id(fields, at)?);
-        froms.push(phase(fields, at, "from")?);
-        tos.push(phase(fields, at, "to")?);
+        froms.push(phase(fields, at, ["from_phase", "from_state"])?);
+        tos.push(phase(fields, at, ["to_phase", "to_state"])?);
         timestamps.push(timestamp(fields, at)?);
     }
     let first = levels[0].1;
@@ -149,12 +149,13 @@ fn story_id(fields: &Object, at: &str) -> Result<Found, String> {
     }
 }
 
-/// One side (`from` or `to`), from `<side>_phase` and `<side>_state`.
-fn phase(fields: &Object, at: &str, side: &str) -> Result<Found, String> {
+/// One side of the transition, from its two names (`from_phase` and
+/// `from_state`, or `to_…`).
+fn phase(fields: &Object, at: &str, names: [&str; 2]) -> Result<Found, String> {
     let mut found = Vec::new();
-    for name in [format!("{side}_phase"), format!("{side}_state")] {
+    for name in names {
         let field = format!("{at}{name}");
-        found.push(match fields.get(&name) {
+        found.push(match fields.get(name) {
             None | Some(Json::Null) => None,
             Some(Json::Text(value)) => Some((field, value.clone())),
             Some(other) => return Err(wrong_type(&field, "a string or null", other)),
