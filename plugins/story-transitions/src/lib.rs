@@ -9,9 +9,10 @@
 //!
 //! 1. Parse the payload; a rejection dead-letters the event before any
 //!    cache or graph call.
-//! 2. Read the configuration: `key_prefix` (default `context:`), `retry_base_ms`
-//!    (500), `retry_max_ms` (30000), `invalidation` (`delete-matching`, the
-//!    default, or `scan`, the per-event design before 0.1.1).
+//! 2. Read the configuration: `key_prefix` (default `context:`),
+//!    `retry_base_ms` (500), `retry_max_ms` (30000), `invalidation`
+//!    (`delete-matching`, the default, or `scan`, the per-event design
+//!    before 0.1.1).
 //! 3. Upsert `(:PhaseTransition {id: "<story_id>:<timestamp>"})` with
 //!    `story_id`, `from_phase`, `to_phase` and `timestamp`.
 //! 4. Delete the key `<prefix><story_id>` and every key under
@@ -62,16 +63,15 @@ pub fn handle(host: &mut impl Host, event: &Event) -> Outcome {
     };
     // A retry or invalidation setting that does not parse is logged and
     // replaced by its default: it shapes how the event is handled, not whether.
-    let prefix = host.config("key_prefix");
+    let prefix = host
+        .config("key_prefix")
+        .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_owned());
     let backoff = Backoff {
         base_ms: parse_or_log(host, "retry_base_ms", DEFAULT_RETRY_BASE_MS, "retry"),
         max_ms: parse_or_log(host, "retry_max_ms", DEFAULT_RETRY_MAX_MS, "retry"),
     };
     let method = parse_or_log(host, "invalidation", Method::default(), "invalidation");
-    let keys = StoryKeys::new(
-        prefix.as_deref().unwrap_or(DEFAULT_KEY_PREFIX),
-        &transition.story_id,
-    );
+    let keys = StoryKeys::new(&prefix, &transition.story_id);
     // Everything the effects need is checked before the first one, so an
     // event is either handled or rejected with nothing done.
     if let Err(reason) = keys.check_lengths() {
