@@ -2,12 +2,14 @@
 //! plugin of a team's own, anywhere, and its component built.
 //!
 //! `new` checks the name and the directory, then writes the language's
-//! template: one file per language beside this one ([`rust`]), each a
+//! template: one file per language beside this one ([`rust`], [`js`], [`python`]), each a
 //! handler that invalidates one entity's keys, a fixtures file with
 //! expectations, a harness test and a README. `build` is
 //! [`switchyard::toolchain::build`] with its result printed: the
 //! artifact's path, size and digest.
 
+mod js;
+mod python;
 mod rust;
 
 use std::path::{Path, PathBuf};
@@ -17,7 +19,7 @@ use anyhow::{Context as _, bail};
 use switchyard::toolchain::{self, Output};
 
 /// The languages `plugin new --lang` knows.
-pub const LANGS: &[&str] = &["rust"];
+pub const LANGS: &[&str] = &["rust", "js", "python"];
 
 /// Where this binary's SDK and harness crates are, when it runs from (or
 /// was built in) a checkout of the host's repository.
@@ -53,7 +55,13 @@ pub fn new(
         bail!("{} already exists: nothing written", dir.display());
     }
     let (files, uses) = match lang {
-        "rust" => rust::files(name, sdk)?,
+        "rust" => {
+            let (files, uses) = rust::files(name, sdk)?;
+            let files = files.into_iter().map(|(f, t)| (f.to_string(), t)).collect();
+            (files, uses)
+        }
+        "js" => js::files(name),
+        "python" => python::files(name),
         other => bail!(
             "--lang {other}: this version scaffolds {}",
             LANGS.join(", ")
