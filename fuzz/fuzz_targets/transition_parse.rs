@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use story_transitions::keys::StoryKeys;
 use story_transitions::transition::parse;
 use switchyard::glob::matches;
-use switchyard::grant::contains;
+use switchyard::grant::containment::contains;
 
 const GRANT: &str = "context:*";
 
