@@ -13,7 +13,8 @@
 //!   the live version), [`fleet::status`] (what each host reports).
 //! - [`delivery`]: streams and durable consumers, order keys, holding and
 //!   key queues, settling each attempt, dead letters, exclusive-handler
-//!   leases; its module doc follows one event through its files.
+//!   leases, partitions spread over the hosts; its module doc follows one
+//!   event through its files.
 //! - [`http`] (`/metrics`, `/healthz`, `/readyz`), [`telemetry`] (OTLP
 //!   export), [`isolation`] (a plugin over a list of events on in-memory
 //!   backends: `switchyard test`, fixtures, the harness).
@@ -33,7 +34,8 @@
 //!   (what each handler may touch; scan-pattern containment), [`glob`]
 //!   (Valkey's matcher), [`limits`] (every bound the host enforces),
 //!   [`memory`] (whether the instance pool fits the process's memory),
-//!   [`identifier`] (graph identifiers), [`pointer`](mod@pointer) (JSON pointers),
+//!   [`identifier`] (graph identifiers), [`partition`] (a subject mapped
+//!   into partitions), [`pointer`](mod@pointer) (JSON pointers),
 //!   [`process`] (hostname, user, clock), [`secret`] (credentials masked
 //!   in what is printed, secrets read from files), [`tls`] (why a TLS
 //!   handshake failed, in words), [`toolchain`] (building a plugin's
@@ -57,6 +59,7 @@ pub mod limits;
 pub mod memory;
 pub mod metrics;
 pub mod nats;
+pub mod partition;
 pub mod pointer;
 pub mod process;
 pub mod runtime;

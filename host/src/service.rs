@@ -61,7 +61,10 @@ pub async fn run_with(
     }
     let metrics = Arc::new(Metrics::new());
     for handler in &config.handlers {
-        metrics.register_handler(&handler.name, handler.exclusive);
+        metrics.register_handler(
+            &handler.name,
+            handler.exclusive || handler.partitions.is_some(),
+        );
     }
     {
         let runtime = runtime.clone();

@@ -66,6 +66,36 @@ pub fn control(action: &str, name: &str) {
     );
 }
 
+/// The three servers of the test JetStream cluster (`scripts/clusters
+/// env`), comma-separated, failing the test if they are not set.
+pub fn cluster_nats_urls() -> String {
+    match std::env::var("SWITCHYARD_CLUSTER_NATS_URLS") {
+        Ok(value) if !value.is_empty() => value,
+        _ => panic!(
+            "SWITCHYARD_CLUSTER_NATS_URLS is not set: this test needs the three-node NATS \
+             cluster. Start it with `scripts/clusters up` and export `scripts/clusters env` \
+             (the README's test command does both)."
+        ),
+    }
+}
+
+/// Runs `scripts/clusters ACTION NAME` (e.g. `kill nats-2`). Panics if the
+/// script fails.
+pub fn cluster_control(action: &str, name: &str) {
+    let script = match std::env::var("SWITCHYARD_CLUSTERS") {
+        Ok(value) if !value.is_empty() => value,
+        _ => panic!("SWITCHYARD_CLUSTERS is not set: export `scripts/clusters env`"),
+    };
+    let status = Command::new(&script)
+        .args([action, name])
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+    assert!(
+        status.success(),
+        "`{script} {action} {name}` failed: {status}"
+    );
+}
+
 /// A name no other test in this run (or an earlier run against the same
 /// servers) uses, for streams, key prefixes and labels.
 pub fn unique(prefix: &str) -> String {

@@ -74,6 +74,13 @@ pub struct HandlerConfig {
     /// order then holds across hosts. See [`crate::delivery::lease`].
     #[serde(default)]
     pub exclusive: bool,
+    /// Ordered parallelism across hosts: the handler's subject is mapped
+    /// into this many partitions by NATS (`partition(N, …)` over the
+    /// subject token named by `order_key_subject_token`), one durable per
+    /// partition, spread over the live hosts by leases. See
+    /// [`crate::partition`] and [`crate::delivery::balance`].
+    #[serde(default)]
+    pub partitions: Option<u32>,
     /// At shutdown, how long in-flight events may still run before they are
     /// stopped and nak'ed.
     #[serde(default = "default_drain_grace", with = "humantime_serde")]

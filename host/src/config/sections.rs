@@ -80,9 +80,21 @@ pub struct NatsConfig {
     /// Hosts answer `<control_subject>.status` requests.
     #[serde(default = "default_control_subject")]
     pub control_subject: String,
-    /// Key-Value bucket holding the leases of exclusive handlers.
+    /// Key-Value bucket holding the leases of exclusive handlers, and the
+    /// partition leases and host membership of partitioned ones.
     #[serde(default = "default_lease_kv")]
     pub lease_kv: String,
+    /// Copies of every stream and bucket the host creates (the source and
+    /// dead-letter streams, the plugin and lease buckets): 1, or 3 (or 5)
+    /// on a JetStream cluster so that losing a server loses nothing. An
+    /// existing stream is brought to this count; existing buckets keep
+    /// theirs.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+}
+
+fn default_replicas() -> u32 {
+    1
 }
 
 fn default_lease_kv() -> String {
@@ -236,6 +248,7 @@ impl std::fmt::Debug for NatsConfig {
             .field("plugin_kv", &self.plugin_kv)
             .field("control_subject", &self.control_subject)
             .field("lease_kv", &self.lease_kv)
+            .field("replicas", &self.replicas)
             .finish()
     }
 }

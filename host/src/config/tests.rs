@@ -364,6 +364,77 @@ fn refuses_bad_order_keys_and_drain_grace_naming_the_key() {
 }
 
 #[test]
+fn a_partitioned_handler_takes_its_key_from_one_subject_token() {
+    let text = MINIMAL
+        .replace(
+            "subjects = [\"planning.story.transitioned\"]",
+            "subjects = [\"planning.story.*.transitioned\"]",
+        )
+        .replace(
+            "max_deliver = 20",
+            "max_deliver = 20\norder_key_subject_token = 2\npartitions = 12",
+        )
+        .replace("[nats]", "[nats]\nreplicas = 3");
+    let config = parse(&text, &[]).unwrap();
+    assert_eq!(config.handlers[0].partitions, Some(12));
+    assert_eq!(config.nats.replicas, 3);
+    assert_eq!(parse(MINIMAL, &[]).unwrap().nats.replicas, 1);
+}
+
+#[test]
+fn refuses_partitions_without_a_subject_key_naming_the_key() {
+    let keyed = "subjects = [\"planning.story.*.transitioned\"]";
+    let cases = [
+        (
+            keyed,
+            "partitions = 4",
+            "config key `handlers[0].partitions`: partitioned handlers need the key in the \
+             subject; set order_key_subject_token",
+        ),
+        (
+            keyed,
+            "partitions = 4\norder_key = \"/story_id\"",
+            "config key `handlers[0].partitions`: partitioned handlers need the key in the \
+             subject; order_key reads the payload",
+        ),
+        (
+            keyed,
+            "partitions = 4\norder_key_subject_token = 1",
+            "config key `handlers[0].subjects`: `planning.story.*.transitioned`: token 1 \
+             (`story`) carries the key, so it must be `*`",
+        ),
+        (
+            "subjects = [\"planning.>\"]",
+            "partitions = 4\norder_key_subject_token = 1",
+            "config key `handlers[0].subjects`: `planning.>`: a partitioned subject cannot end in `>`",
+        ),
+        (
+            keyed,
+            "partitions = 0\norder_key_subject_token = 2",
+            "config key `handlers[0].partitions`: 0: must be between 1 and 1024",
+        ),
+        (
+            keyed,
+            "partitions = 4\norder_key_subject_token = 2\nexclusive = true",
+            "config key `handlers[0].exclusive`: a partitioned handler",
+        ),
+    ];
+    for (subjects, line, expected) in cases {
+        let text = MINIMAL
+            .replace("subjects = [\"planning.story.transitioned\"]", subjects)
+            .replace("max_deliver = 20", line);
+        let error = parse(&text, &[]).unwrap_err().to_string();
+        assert!(error.starts_with(expected), "{line}: {error}");
+    }
+    let text = MINIMAL.replace("[nats]", "[nats]\nreplicas = 7");
+    let error = parse(&text, &[]).unwrap_err().to_string();
+    assert!(
+        error.starts_with("config key `nats.replicas`: 7 copies: must be between 1 and 5"),
+        "{error}"
+    );
+}
+
+#[test]
 fn subject_filters_cover_and_match() {
     assert!(covers("planning.>", "planning.story.transitioned"));
     assert!(covers("planning.*.x", "planning.a.x"));

@@ -189,6 +189,15 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     check_name("nats.plugin_bucket", &config.nats.plugin_bucket)?;
     check_name("nats.plugin_kv", &config.nats.plugin_kv)?;
     check_name("nats.lease_kv", &config.nats.lease_kv)?;
+    if !(1..=5).contains(&config.nats.replicas) {
+        return Err(invalid(
+            "nats.replicas",
+            format!(
+                "{} copies: must be between 1 and 5 (JetStream's limit); 3 on a three-server cluster",
+                config.nats.replicas
+            ),
+        ));
+    }
     for subject in &config.nats.stream_subjects {
         let dead_letter = format!("{}.x", config.nats.dead_letter_subject);
         if subject_matches(subject, &dead_letter) {
@@ -220,6 +229,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     let mut names = std::collections::HashSet::new();
     let mut durables = std::collections::HashMap::new();
+    let mut partitioned: Option<(&str, crate::partition::Mapping)> = None;
     for (i, handler) in config.handlers.iter().enumerate() {
         let key = |field: &str| format!("handlers[{i}].{field}");
         check_name(&key("name"), &handler.name)?;
@@ -313,6 +323,24 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             return Err(invalid(key(&format!("grants.{field}")), message));
         }
         check_order_key(handler).map_err(|(field, message)| invalid(key(field), message))?;
+        let mapping =
+            check_partitions(handler).map_err(|(field, message)| invalid(key(field), message))?;
+        // The stream has one subject transform.
+        match (&partitioned, mapping) {
+            (Some((first, theirs)), Some(ours)) if *theirs != ours => {
+                return Err(invalid(
+                    key("partitions"),
+                    format!(
+                        "handler `{first}` already partitions the stream's `{}` into {}; \
+                         a stream has one subject transform, so every partitioned handler of \
+                         it takes that same subject and count",
+                        theirs.subject, theirs.count
+                    ),
+                ));
+            }
+            (None, Some(ours)) => partitioned = Some((handler.name.as_str(), ours)),
+            _ => {}
+        }
         if handler.drain_grace > Duration::from_secs(3600) {
             return Err(invalid(key("drain_grace"), "must be at most 1h"));
         }
@@ -346,6 +374,42 @@ fn check_order_key(handler: &HandlerConfig) -> Result<(), (&'static str, String)
         }
     }
     Ok(())
+}
+
+/// A partitioned handler needs its key in one subject token, because NATS
+/// maps subjects, not payloads, into partitions.
+fn check_partitions(
+    handler: &HandlerConfig,
+) -> Result<Option<crate::partition::Mapping>, (&'static str, String)> {
+    let Some(count) = handler.partitions else {
+        return Ok(None);
+    };
+    if !(1..=1024).contains(&count) {
+        return Err(("partitions", format!("{count}: must be between 1 and 1024")));
+    }
+    if handler.exclusive {
+        return Err((
+            "exclusive",
+            "a partitioned handler is spread over the hosts by its partitions; \
+             set either partitions or exclusive, not both"
+                .into(),
+        ));
+    }
+    let Some(token) = handler.order_key_subject_token else {
+        let hint = if handler.order_key.is_empty() {
+            "set order_key_subject_token to the subject token that carries the key"
+        } else {
+            "order_key reads the payload, which NATS cannot partition by: have producers put \
+             the key in the subject and set order_key_subject_token, or use exclusive = true"
+        };
+        return Err((
+            "partitions",
+            format!("partitioned handlers need the key in the subject; {hint}"),
+        ));
+    };
+    crate::partition::Mapping::new(&handler.subjects, token, count)
+        .map(Some)
+        .map_err(|message| ("subjects", message))
 }
 
 fn check_url(key: &str, url: &str, schemes: &[&str]) -> Result<(), ConfigError> {

@@ -11,7 +11,9 @@
 //!
 //! For an exclusive handler without the lease, [`Flow::take_over`] stands
 //! by; a lost lease hands the events queued behind their keys back to the
-//! stream so the new holder runs them in order.
+//! stream so the new holder runs them in order. Each partition of a
+//! partitioned handler is a flow of its own under its partition's lease;
+//! the partitions of one handler share its `concurrency`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,15 +69,19 @@ pub struct DrainCounts {
 }
 
 impl Flow {
+    /// `run` is the handler's `concurrency` semaphore, shared by its
+    /// partitions; `None` makes one for this flow alone.
     pub fn new(
         js: Context,
         handler: Arc<Handler>,
         nats: Arc<NatsConfig>,
         shutdown: CancellationToken,
         lease: Option<Arc<Lease>>,
+        run: Option<Arc<Semaphore>>,
     ) -> Arc<Self> {
         let order = OrderKey::of(&handler.config);
         let concurrency = handler.config.concurrency;
+        let run = run.unwrap_or_else(|| Arc::new(Semaphore::new(concurrency as usize)));
         let hold_capacity = match order {
             None => concurrency,
             Some(_) => concurrency
@@ -92,7 +98,7 @@ impl Flow {
             js,
             handler,
             order,
-            run: Arc::new(Semaphore::new(concurrency as usize)),
+            run,
             hold: Arc::new(Semaphore::new(hold_capacity as usize)),
             hold_capacity,
             queues: Mutex::new(HashMap::new()),
@@ -120,6 +126,9 @@ impl Flow {
         if handed_back > 0 {
             tracing::warn!(handler = %self.name(), handed_back, "lease lost: queued events handed back");
         }
+        if lease.owns_entry().await && !self.hand_over(lease).await {
+            return false;
+        }
         tracing::info!(handler = %self.name(), lease = %lease.key(), "standing by: another host runs this handler");
         tokio::select! {
             () = lease.acquired() => {}
@@ -144,6 +153,26 @@ impl Flow {
                 () = self.shutdown.cancelled() => return false,
             }
         }
+        true
+    }
+
+    /// A partition this host gives up: once every message it holds is
+    /// settled and the settlements have left, frees the lease. False when
+    /// shut down first (the drain then frees it).
+    async fn hand_over(&self, lease: &Lease) -> bool {
+        let started = std::time::Instant::now();
+        let all = tokio::select! {
+            all = self.hold.acquire_many(self.hold_capacity) => all,
+            () = self.shutdown.cancelled() => return false,
+        };
+        drop(all);
+        let flushed =
+            tokio::time::timeout(std::time::Duration::from_secs(5), self.js.client().flush()).await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            tracing::warn!(handler = %self.name(), lease = %lease.key(), "settlements not confirmed flushed; the lease is freed anyway, the next holder waits ack_wait if the server still counts them");
+        }
+        lease.hand_over().await;
+        tracing::info!(handler = %self.name(), lease = %lease.key(), settled_in_ms = started.elapsed().as_millis() as u64, "partition handed over");
         true
     }
 
@@ -272,6 +301,13 @@ async fn process(flow: Arc<Flow>, held: Held, in_place: bool) {
                     () = tokio::time::sleep(delay) => local_retries += 1,
                     () = flow.shutdown.cancelled() => {
                         // Another host retries it; no point waiting here.
+                        held.nak(None).await;
+                        return;
+                    }
+                    () = flow.lease_lost() => {
+                        // Another host runs the handler or partition now,
+                        // after this event: back to the stream, before the
+                        // key's later events handed back behind it.
                         held.nak(None).await;
                         return;
                     }

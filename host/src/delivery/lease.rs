@@ -17,6 +17,13 @@
 //!   previous holder died with them) waits `ack_wait` before pulling, so
 //!   those events come back, in order, before any later one. See
 //!   [`super::flow::Flow::take_over`].
+//!
+//! The partitions of a partitioned handler are leases too, one per
+//! partition, taken and given up by [`super::balance`] instead of
+//! [`Lease::run`]. Giving one up is a hand-over: [`Lease::step_down`] stops
+//! the pulling at once while the entry is still renewed, and
+//! [`Lease::hand_over`] frees it once every event of the partition this
+//! host held is settled, so the next holder starts at once and in order.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,16 +41,19 @@ pub const LEASE_TTL: Duration = Duration::from_secs(10);
 /// How often the holder renews, and a standby tries to take it.
 pub const RENEW_EVERY: Duration = Duration::from_secs(2);
 
-/// Opens the lease bucket, creating it when missing.
-pub async fn open_bucket(js: &Context, bucket: &str) -> anyhow::Result<kv::Store> {
+/// Opens the lease bucket, creating it with `replicas` copies when
+/// missing.
+pub async fn open_bucket(js: &Context, bucket: &str, replicas: u32) -> anyhow::Result<kv::Store> {
     match js.get_key_value(bucket).await {
         Ok(store) => Ok(store),
         Err(_) => js
             .create_key_value(kv::Config {
                 bucket: bucket.to_string(),
-                description: "Switchyard: which host runs each exclusive handler".into(),
+                description: "Switchyard: which host runs each exclusive handler and partition"
+                    .into(),
                 history: 1,
                 max_age: LEASE_TTL,
+                num_replicas: replicas as usize,
                 ..Default::default()
             })
             .await
@@ -67,18 +77,15 @@ pub struct Lease {
 impl Lease {
     /// A lease on `key` (valid Key-Value key characters), not yet held.
     pub fn new(store: kv::Store, key: String) -> Arc<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or_default();
+        Self::with_holder(store, key, holder_id())
+    }
+
+    /// A lease on `key` held in the name of `holder`.
+    pub fn with_holder(store: kv::Store, key: String, holder: String) -> Arc<Self> {
         Arc::new(Lease {
             store,
             key,
-            holder: format!(
-                "{}/{}/{nanos:08x}",
-                crate::process::hostname(),
-                std::process::id()
-            ),
+            holder,
             held: watch::channel(false).0,
             revision: tokio::sync::Mutex::new(None),
             released: AtomicBool::new(false),
@@ -87,6 +94,11 @@ impl Lease {
 
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// Whether this host owns the stored lease: held, or handing it over.
+    pub async fn owns_entry(&self) -> bool {
+        self.revision.lock().await.is_some()
     }
 
     /// Follows whether this host holds the lease.
@@ -121,7 +133,7 @@ impl Lease {
             if self.released.load(Ordering::Acquire) {
                 return;
             }
-            if self.is_held() {
+            if self.owns_entry().await {
                 self.renew().await;
             } else if shutdown.is_cancelled() {
                 return;
@@ -131,10 +143,15 @@ impl Lease {
         }
     }
 
-    async fn try_take(&self) {
+    /// Takes the lease if it is free (or still this holder's); whether this
+    /// host holds it now.
+    pub async fn try_take(&self) -> bool {
         let mut held_revision = self.revision.lock().await;
+        if held_revision.is_some() {
+            return self.is_held();
+        }
         if self.released.load(Ordering::Acquire) {
-            return;
+            return false;
         }
         match self
             .store
@@ -162,9 +179,12 @@ impl Lease {
                 tracing::warn!(lease = %self.key, %error, "cannot take the lease; trying again");
             }
         }
+        held_revision.is_some()
     }
 
-    async fn renew(&self) {
+    /// Renews the stored lease if this host owns it; a renewal that fails
+    /// (another host holds it now) loses it.
+    pub async fn renew(&self) {
         let mut held_revision = self.revision.lock().await;
         let Some(revision) = *held_revision else {
             return; // released meanwhile
@@ -192,6 +212,35 @@ impl Lease {
         }
     }
 
+    /// Stops pulling under this lease while still owning it: the first half
+    /// of a hand-over (see [`Lease::hand_over`]).
+    pub fn step_down(&self) {
+        if self.is_held() {
+            tracing::info!(lease = %self.key, "handing the lease over: no more events taken under it");
+            self.held.send_replace(false);
+        }
+    }
+
+    /// Frees the stored lease for another host after a
+    /// [`Lease::step_down`], once this host's events under it are settled.
+    /// The lease can be taken again later.
+    pub async fn hand_over(&self) {
+        let revision = self.revision.lock().await.take();
+        self.held.send_replace(false);
+        if let Some(revision) = revision {
+            match self
+                .store
+                .delete_expect_revision(&self.key, Some(revision))
+                .await
+            {
+                Ok(()) => tracing::info!(lease = %self.key, "lease handed over"),
+                Err(error) => {
+                    tracing::warn!(lease = %self.key, %error, "cannot free the lease; it expires on its own")
+                }
+            }
+        }
+    }
+
     /// Stops renewing and, when held, frees the lease for a standby.
     pub async fn release(&self) {
         self.released.store(true, Ordering::Release);
@@ -210,4 +259,18 @@ impl Lease {
             }
         }
     }
+}
+
+/// Who this process is, as stored in the leases it holds: host, process id
+/// and a start-time nonce, so a restarted process is another holder.
+pub fn holder_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "{}/{}/{nanos:08x}",
+        crate::process::hostname(),
+        std::process::id()
+    )
 }

@@ -20,6 +20,9 @@
 //!    stream with their reason, and can be listed and replayed.
 //! 7. [`lease`]: an exclusive handler pulls only while this host holds its
 //!    NATS Key-Value lease.
+//! 8. [`balance`]: a partitioned handler has one durable and one flow per
+//!    partition (the mapping is [`crate::partition`]), each under its own
+//!    lease; the balancer spreads the partitions over the live hosts.
 //!
 //! At shutdown (see [`pull`]) the task stops pulling, hands back what has
 //! not started, gives running events `drain_grace`, and returns once every
@@ -29,6 +32,7 @@
 //! runtime's outcome type; it must not import the service, the fleet parts
 //! (control plane, reload, shadow) or the commands.
 
+pub mod balance;
 pub mod dead_letter;
 pub mod flow;
 pub mod hold;
@@ -44,16 +48,21 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream::Context;
 use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::kv;
+use async_nats::jetstream::stream::Stream;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NatsConfig;
 use crate::handler::Handler;
+use crate::partition::Mapping;
 
 pub use self::streams::{connect, wait_for_jetstream};
 
-/// Creates (or updates) each handler's durable consumer and starts one task
-/// per handler. The tasks end once `shutdown` is cancelled and every
+/// Creates (or updates) each handler's durable consumers and starts one
+/// task per consumer: one per handler, or one per partition of a
+/// partitioned handler. The tasks end once `shutdown` is cancelled and every
 /// message they hold is settled (see [`pull`] on draining).
 pub async fn start(
     js: &Context,
@@ -61,19 +70,36 @@ pub async fn start(
     handlers: &[Arc<Handler>],
     shutdown: CancellationToken,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
-    streams::ensure_streams(js, nats).await?;
+    let mapping = handlers.iter().find_map(|h| partition_mapping(h));
+    streams::ensure_streams(js, nats, mapping.as_ref()).await?;
     let stream = js
         .get_stream(&nats.stream)
         .await
         .with_context(|| format!("cannot open stream {}", nats.stream))?;
-    let leases = if handlers.iter().any(|h| h.config.exclusive) {
-        Some(lease::open_bucket(js, &nats.lease_kv).await?)
+    let leases = if handlers
+        .iter()
+        .any(|h| h.config.exclusive || h.config.partitions.is_some())
+    {
+        Some(lease::open_bucket(js, &nats.lease_kv, nats.replicas).await?)
     } else {
         None
     };
+    let holder = lease::holder_id();
     let nats = Arc::new(nats.clone());
     let mut tasks = Vec::new();
     for handler in handlers {
+        if let (Some(mapping), Some(store)) = (partition_mapping(handler), &leases) {
+            let consumers = start_partitions(
+                js, &stream, &nats, handler, &mapping, store, &holder, &shutdown, &mut tasks,
+            )
+            .await?;
+            tokio::spawn(watch_consumers(
+                consumers,
+                handler.clone(),
+                shutdown.clone(),
+            ));
+            continue;
+        }
         let consumer = streams::open_consumer(&stream, handler).await?;
         let lease = match (&leases, handler.config.exclusive) {
             (Some(store), true) => {
@@ -91,6 +117,7 @@ pub async fn start(
             nats.clone(),
             shutdown.clone(),
             lease,
+            None,
         );
         tracing::info!(
             handler = %handler.name(),
@@ -100,8 +127,8 @@ pub async fn start(
             hold = flow.hold_capacity(),
             "consumer ready"
         );
-        tokio::spawn(watch_consumer(
-            consumer.clone(),
+        tokio::spawn(watch_consumers(
+            vec![consumer.clone()],
             handler.clone(),
             shutdown.clone(),
         ));
@@ -110,9 +137,71 @@ pub async fn start(
     Ok(tasks)
 }
 
-/// Keeps the pending, ack-pending and lease gauges current.
-async fn watch_consumer(
-    mut consumer: PullConsumer,
+/// A partitioned handler's subject mapping; `None` for the others (and for
+/// a mapping the configuration check would have refused).
+fn partition_mapping(handler: &Handler) -> Option<Mapping> {
+    let config = &handler.config;
+    Mapping::new(
+        &config.subjects,
+        config.order_key_subject_token?,
+        config.partitions?,
+    )
+    .ok()
+}
+
+/// One consumer and flow per partition, under the partition's lease, and
+/// the balancer that spreads the partitions over the hosts.
+#[allow(clippy::too_many_arguments)]
+async fn start_partitions(
+    js: &Context,
+    stream: &Stream,
+    nats: &Arc<NatsConfig>,
+    handler: &Arc<Handler>,
+    mapping: &Mapping,
+    store: &kv::Store,
+    holder: &str,
+    shutdown: &CancellationToken,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> anyhow::Result<Vec<PullConsumer>> {
+    let balancer = Arc::new(balance::Balancer::new(
+        store.clone(),
+        &nats.stream,
+        &handler.config.durable,
+        mapping.count,
+        holder,
+    ));
+    let _ = handler.partitions.set((mapping.count, balancer.watch()));
+    let run = Arc::new(Semaphore::new(handler.config.concurrency as usize));
+    let mut consumers = Vec::new();
+    for partition in 0..mapping.count {
+        let consumer =
+            streams::open_partition_consumer(stream, handler, mapping, partition).await?;
+        let flow = flow::Flow::new(
+            js.clone(),
+            handler.clone(),
+            nats.clone(),
+            shutdown.clone(),
+            Some(balancer.lease(partition)),
+            Some(run.clone()),
+        );
+        tasks.push(tokio::spawn(pull::consume(flow, consumer.clone())));
+        consumers.push(consumer);
+    }
+    tracing::info!(
+        handler = %handler.name(),
+        durables = %format!("{}-p0 .. {}-p{}", handler.config.durable, handler.config.durable, mapping.count - 1),
+        subject = %mapping.subject,
+        partitions = mapping.count,
+        "partition consumers ready; spreading them over the hosts"
+    );
+    tokio::spawn(balancer.run(shutdown.clone()));
+    Ok(consumers)
+}
+
+/// Keeps the pending, ack-pending and lease gauges current: summed over
+/// a partitioned handler's consumers.
+async fn watch_consumers(
+    mut consumers: Vec<PullConsumer>,
     handler: Arc<Handler>,
     shutdown: CancellationToken,
 ) {
@@ -123,11 +212,24 @@ async fn watch_consumer(
             () = shutdown.cancelled() => return,
         }
         let metrics = handler.metrics();
-        if let Ok(info) = consumer.info().await {
-            metrics.consumer_state(handler.name(), info.num_pending, info.num_ack_pending);
+        let (mut pending, mut ack_pending, mut read) = (0, 0, true);
+        for consumer in &mut consumers {
+            match consumer.info().await {
+                Ok(info) => {
+                    pending += info.num_pending;
+                    ack_pending += info.num_ack_pending;
+                }
+                Err(_) => read = false,
+            }
+        }
+        if read {
+            metrics.consumer_state(handler.name(), pending, ack_pending);
         }
         if let Some(held) = handler.lease_held() {
-            metrics.lease_held(handler.name(), held);
+            metrics.lease_held(handler.name(), usize::from(held));
+        }
+        if let Some((_, held)) = handler.partitions_held() {
+            metrics.lease_held(handler.name(), held.len());
         }
     }
 }

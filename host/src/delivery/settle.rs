@@ -3,7 +3,7 @@
 //!
 //! | outcome           | settlement                                         |
 //! |-------------------|----------------------------------------------------|
-//! | `ack`             | ack                                                |
+//! | `ack`             | ack; with an order key, an ack the server confirms before the key's next event |
 //! | `retry(d)`        | nak with delay `d`, at most `retry.max` (the handler's backoff if none); with an order key, retried in place |
 //! | `reject(reason)`  | publish to the dead-letter stream, then term       |
 //! | any, at the last delivery | dead-letter as above, the reason starting with the last cause (`guest panicked: <message>`, `stack overflow`, ...) |
@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{AckKind, Context};
+use async_nats::jetstream::{AckKind, Context, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -135,9 +135,14 @@ impl Settler {
         match dispatch.outcome {
             Outcome::Ack => {
                 stats.acked.fetch_add(1, Ordering::Relaxed);
-                held.keepalive.stop();
-                if let Err(error) = message.ack().await {
-                    tracing::warn!(%error, "ack failed; the event will be redelivered");
+                if in_place {
+                    confirmed_ack(js, message, handler.config.ack_wait).await;
+                    held.keepalive.stop();
+                } else {
+                    held.keepalive.stop();
+                    if let Err(error) = message.ack().await {
+                        tracing::warn!(%error, "ack failed; the event will be redelivered");
+                    }
                 }
             }
             Outcome::Retry { delay } if attempt < max_deliver => {
@@ -175,3 +180,36 @@ impl Settler {
     .await
     }
 }
+
+/// An ack the server confirms, for an event with an order key: the key's
+/// next event starts only once this one cannot come back. A plain ack lost
+/// with a server (killed, or failed over mid-stream) would let the server
+/// redeliver the event after its successor ran. Asked again until
+/// confirmed or `within` is over; the in-progress acks keep the event
+/// meanwhile. Acking twice is harmless.
+async fn confirmed_ack(js: &Context, message: &Message, within: Duration) {
+    let Some(reply) = message.reply.clone() else {
+        return;
+    };
+    let client = js.client();
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let asked = client.request(reply.clone(), AckKind::Ack.into());
+        let error = match tokio::time::timeout(CONFIRM_TIMEOUT, asked).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no confirmation within {CONFIRM_TIMEOUT:?}"),
+        };
+        if started.elapsed() + pause >= within {
+            tracing::warn!(%error, "ack not confirmed; the event may come back after later events of its key");
+            return;
+        }
+        tracing::debug!(%error, retry_in = ?pause, "ack not confirmed yet; asking again");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// How long one confirmed ack waits for the server's answer.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);

@@ -14,13 +14,14 @@ use anyhow::Context as _;
 use async_nats::jetstream::Context;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
-use async_nats::jetstream::stream::{self, StorageType, Stream};
+use async_nats::jetstream::stream::{self, StorageType, Stream, SubjectTransform};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{HandlerConfig, NatsConfig};
 use crate::handler::Handler;
 use crate::health::Health;
+use crate::partition::Mapping;
 use crate::secret::mask_urls;
 
 /// Connects to NATS with the configuration's TLS and credentials. A server
@@ -129,32 +130,141 @@ pub async fn wait_for_jetstream(
     false
 }
 
-/// Makes sure the source and dead-letter streams exist.
-pub async fn ensure_streams(js: &Context, config: &NatsConfig) -> anyhow::Result<()> {
-    let source = js
-        .get_or_create_stream(stream::Config {
+/// Makes sure the source and dead-letter streams exist, with the
+/// configured replica count, and the source stream with the partition
+/// mapping when a handler is partitioned (see [`crate::partition`]).
+pub async fn ensure_streams(
+    js: &Context,
+    config: &NatsConfig,
+    mapping: Option<&Mapping>,
+) -> anyhow::Result<()> {
+    let transform = mapping.map(|m| SubjectTransform {
+        source: m.source().to_string(),
+        destination: m.destination(),
+    });
+    let source = ensure_stream(
+        js,
+        stream::Config {
             name: config.stream.clone(),
             subjects: config.stream_subjects.clone(),
             storage: StorageType::File,
+            num_replicas: config.replicas as usize,
+            subject_transform: transform,
             ..Default::default()
-        })
-        .await
-        .with_context(|| format!("cannot create or open stream {}", config.stream))?;
-    tracing::info!(stream = %source.cached_info().config.name, subjects = ?source.cached_info().config.subjects, "source stream ready");
-    js.get_or_create_stream(stream::Config {
-        name: config.dead_letter_stream.clone(),
-        subjects: vec![format!("{}.>", config.dead_letter_subject)],
-        storage: StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .with_context(|| {
-        format!(
-            "cannot create or open dead-letter stream {}",
-            config.dead_letter_stream
-        )
-    })?;
+        },
+        "stream",
+    )
+    .await?;
+    tracing::info!(
+        stream = %source.config.name,
+        subjects = ?source.config.subjects,
+        replicas = source.config.num_replicas,
+        partitions = ?source.config.subject_transform.as_ref().map(|t| &t.destination),
+        "source stream ready"
+    );
+    ensure_stream(
+        js,
+        stream::Config {
+            name: config.dead_letter_stream.clone(),
+            subjects: vec![format!("{}.>", config.dead_letter_subject)],
+            storage: StorageType::File,
+            num_replicas: config.replicas as usize,
+            ..Default::default()
+        },
+        "dead-letter stream",
+    )
+    .await?;
     Ok(())
+}
+
+/// Creates the stream `wanted` when missing; an existing one is brought to
+/// its replica count and given its subject transform when it has none. A
+/// transform other than the wanted one is refused: changing it would move
+/// keys between partitions under events already stored.
+async fn ensure_stream(
+    js: &Context,
+    wanted: stream::Config,
+    what: &str,
+) -> anyhow::Result<stream::Info> {
+    let name = wanted.name.clone();
+    let mut existing = match js.get_stream(&name).await {
+        Ok(existing) => existing,
+        Err(_) => {
+            let mut created = js
+                .create_stream(wanted)
+                .await
+                .with_context(|| format!("cannot create {what} {name}"))?;
+            return Ok(created.info().await?.clone());
+        }
+    };
+    let info = existing
+        .info()
+        .await
+        .with_context(|| format!("cannot read {what} {name}"))?
+        .clone();
+    let mut config = info.config.clone();
+    let mut changes = Vec::new();
+    if config.num_replicas != wanted.num_replicas {
+        changes.push(format!(
+            "replicas {} -> {}",
+            config.num_replicas, wanted.num_replicas
+        ));
+        config.num_replicas = wanted.num_replicas;
+    }
+    match (&config.subject_transform, &wanted.subject_transform) {
+        (Some(have), Some(want)) if have != want => anyhow::bail!(
+            "{what} {name} maps `{}` to `{}`, but the configuration partitions it as `{}`; \
+             changing the mapping would move keys between partitions under events already \
+             stored: drain the stream, delete the partition durables and the stream's \
+             transform, then start again",
+            have.source,
+            have.destination,
+            want.destination
+        ),
+        (None, Some(want)) => {
+            tracing::warn!(
+                stream = %name,
+                pending = info.state.messages,
+                "the stream is partitioned from now on; messages it stored before keep their \
+                 subjects and are not seen by the partition consumers"
+            );
+            changes.push(format!(
+                "subject transform `{}` -> `{}`",
+                want.source, want.destination
+            ));
+            config.subject_transform = Some(want.clone());
+        }
+        (Some(have), None) => tracing::warn!(
+            stream = %name,
+            transform = %format!("{} -> {}", have.source, have.destination),
+            "the stream partitions its subjects but no handler here is partitioned"
+        ),
+        _ => {}
+    }
+    if changes.is_empty() {
+        return Ok(info);
+    }
+    tracing::info!(stream = %name, changes = %changes.join("; "), "updating the {what}");
+    js.update_stream(config)
+        .await
+        .with_context(|| format!("cannot update {what} {name} ({})", changes.join("; ")))
+}
+
+/// The consumer settings of partition `partition` of a partitioned handler.
+pub fn partition_consumer_config(
+    handler: &HandlerConfig,
+    mapping: &Mapping,
+    partition: u32,
+) -> pull::Config {
+    pull::Config {
+        durable_name: Some(Mapping::durable(&handler.durable, partition)),
+        description: Some(format!(
+            "switchyard handler {}, partition {partition} of {}",
+            handler.name, mapping.count
+        )),
+        filter_subjects: vec![mapping.filter(partition)],
+        ..consumer_config(handler)
+    }
 }
 
 /// The consumer settings for a handler.
@@ -178,8 +288,27 @@ pub fn consumer_config(handler: &HandlerConfig) -> pull::Config {
 /// Switchyard) created is refused, never shared: one consumer has one
 /// filter, and sharing it would silently starve one of the two.
 pub async fn open_consumer(stream: &Stream, handler: &Handler) -> anyhow::Result<PullConsumer> {
-    let config = consumer_config(&handler.config);
-    let durable = &handler.config.durable;
+    open_consumer_with(stream, handler, consumer_config(&handler.config)).await
+}
+
+/// [`open_consumer`] for one partition of a partitioned handler.
+pub async fn open_partition_consumer(
+    stream: &Stream,
+    handler: &Handler,
+    mapping: &Mapping,
+    partition: u32,
+) -> anyhow::Result<PullConsumer> {
+    let config = partition_consumer_config(&handler.config, mapping, partition);
+    open_consumer_with(stream, handler, config).await
+}
+
+async fn open_consumer_with(
+    stream: &Stream,
+    handler: &Handler,
+    config: pull::Config,
+) -> anyhow::Result<PullConsumer> {
+    let durable = config.durable_name.clone().unwrap_or_default();
+    let durable = &durable;
     let existing = match stream.consumer_info(durable).await {
         Ok(info) => info.config,
         Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => {

@@ -73,7 +73,8 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// Opens the buckets named in `config`, creating them when missing.
+    /// Opens the buckets named in `config`, creating them (with
+    /// `replicas` copies) when missing.
     pub async fn open(js: &Context, config: &NatsConfig) -> anyhow::Result<Self> {
         let objects = match js.get_object_store(&config.plugin_bucket).await {
             Ok(store) => store,
@@ -83,6 +84,7 @@ impl ControlPlane {
                     description: Some(
                         "Switchyard plugin components, one object per version".into(),
                     ),
+                    num_replicas: config.replicas as usize,
                     ..Default::default()
                 })
                 .await
@@ -95,6 +97,7 @@ impl ControlPlane {
                     bucket: config.plugin_kv.clone(),
                     description: "Switchyard: the live plugin version of each handler".into(),
                     history: KV_HISTORY,
+                    num_replicas: config.replicas as usize,
                     ..Default::default()
                 })
                 .await

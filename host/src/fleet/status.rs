@@ -32,8 +32,9 @@ pub struct HandlerStatus {
     pub reload: ReloadState,
     pub shadow: Option<ShadowReport>,
     /// For an exclusive handler, whether this host runs it (`active`) or
-    /// waits to take over (`standby`).
-    pub lease: Option<&'static str>,
+    /// waits to take over (`standby`); for a partitioned one, which
+    /// partitions it runs (`partitions 0,3 of 8`).
+    pub lease: Option<String>,
 }
 
 /// A snapshot of every handler.
@@ -51,11 +52,24 @@ pub fn status(handlers: &[Arc<Handler>]) -> Vec<HandlerStatus> {
             keys_deleted: handler.stats.keys_deleted.load(Relaxed),
             reload: lock(&handler.reload).clone(),
             shadow: handler.shadow.load_full().map(|s| lock(&s.report).clone()),
-            lease: handler
-                .lease_held()
-                .map(|held| if held { "active" } else { "standby" }),
+            lease: lease_text(handler),
         })
         .collect()
+}
+
+fn lease_text(handler: &Handler) -> Option<String> {
+    if let Some((count, held)) = handler.partitions_held() {
+        let held: Vec<String> = held.iter().map(ToString::to_string).collect();
+        let held = if held.is_empty() {
+            "none".to_string()
+        } else {
+            held.join(",")
+        };
+        return Some(format!("partitions {held} of {count}"));
+    }
+    handler
+        .lease_held()
+        .map(|held| if held { "active" } else { "standby" }.to_string())
 }
 
 /// What one running host reports.
@@ -90,7 +104,8 @@ pub struct HandlerStatusWire {
     #[serde(default)]
     pub longest_swap_seconds: f64,
     pub shadow: Option<ShadowReport>,
-    /// For an exclusive handler: `active` or `standby`.
+    /// For an exclusive handler: `active` or `standby`; for a partitioned
+    /// one: `partitions 0,3 of 8`.
     #[serde(default)]
     pub lease: Option<String>,
 }
@@ -115,7 +130,7 @@ impl From<&HandlerStatus> for HandlerStatusWire {
             versions_live: status.reload.history.len(),
             longest_swap_seconds: status.reload.longest_swap_ns as f64 / 1e9,
             shadow: status.shadow.clone(),
-            lease: status.lease.map(str::to_string),
+            lease: status.lease.clone(),
         }
     }
 }

@@ -44,6 +44,9 @@ pub struct Handler {
     /// For an exclusive handler, once its consumer started: whether this
     /// host holds the handler's lease.
     pub lease: OnceLock<watch::Receiver<bool>>,
+    /// For a partitioned handler, once its consumers started: its
+    /// partition count and the partitions this host pulls from.
+    pub partitions: OnceLock<(u32, watch::Receiver<Vec<u32>>)>,
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
 }
@@ -80,6 +83,7 @@ impl Handler {
             }),
             shadow: ArcSwapOption::default(),
             lease: OnceLock::new(),
+            partitions: OnceLock::new(),
             runtime,
             metrics,
         })
@@ -122,5 +126,13 @@ impl Handler {
     /// (`Some(false)`), or the handler is not exclusive (`None`).
     pub fn lease_held(&self) -> Option<bool> {
         self.lease.get().map(|held| *held.borrow())
+    }
+
+    /// For a partitioned handler: its partition count and the partitions
+    /// this host pulls from now.
+    pub fn partitions_held(&self) -> Option<(u32, Vec<u32>)> {
+        self.partitions
+            .get()
+            .map(|(count, held)| (*count, held.borrow().clone()))
     }
 }

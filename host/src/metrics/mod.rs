@@ -277,7 +277,7 @@ impl Metrics {
         let lease_held = Family::<HandlerLabel, Gauge>::default();
         registry.register(
             "lease_held",
-            "For an exclusive handler: 1 while this host runs it, 0 while it stands by",
+            "For an exclusive handler: 1 while this host runs it, 0 while it stands by; for a partitioned one: how many of its partitions this host runs",
             lease_held.clone(),
         );
         Metrics {
@@ -313,7 +313,8 @@ impl Metrics {
 
     /// Creates every per-handler series at zero, so the first event, dead
     /// letter or reload of a process shows up in `rate()` and `increase()`;
-    /// `exclusive` handlers get `lease_held` too (0 until the lease is won).
+    /// `exclusive` and partitioned handlers get `lease_held` too (0 until a
+    /// lease is won).
     pub fn register_handler(&self, name: &str, exclusive: bool) {
         let label = handler(name);
         let _ = self.duration.get_or_create(&label);
@@ -484,10 +485,12 @@ impl Metrics {
             .set(ack_pending as i64);
     }
 
-    pub fn lease_held(&self, name: &str, held: bool) {
+    /// Leases this host holds for the handler: 0 or 1 for an exclusive
+    /// one, its partitions for a partitioned one.
+    pub fn lease_held(&self, name: &str, held: usize) {
         self.lease_held
             .get_or_create(&handler(name))
-            .set(i64::from(held));
+            .set(held as i64);
     }
 
     /// The instance pool as of now: `in_use` of `max` slots taken.

@@ -20,6 +20,7 @@ use switchyard_tests::config::{Handler, Names, Plugin, Service};
 use switchyard_tests::services;
 
 mod cli;
+mod cluster;
 mod dashboard;
 mod kit;
 mod secrets;
