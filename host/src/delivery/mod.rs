@@ -206,9 +206,17 @@ async fn watch_consumers(
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut partitions = handler.partitions.get().map(|(_, held)| held.clone());
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            // A partition taken or handed over shows at once.
+            Some(Ok(())) = async {
+                match partitions.as_mut() {
+                    Some(held) => Some(held.changed().await),
+                    None => None,
+                }
+            } => {}
             () = shutdown.cancelled() => return,
         }
         let metrics = handler.metrics();
