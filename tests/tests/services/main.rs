@@ -9,6 +9,7 @@ mod differential;
 mod e2e;
 mod graph_batch;
 mod hostile;
+mod partitions;
 mod reload;
 mod secure;
 mod startup;
