@@ -213,6 +213,23 @@ fn a_partitioned_handler_keeps_each_keys_order_across_hosts_through_killed_hosts
         },
     );
 
+    // What an operator sees: each host names the partitions it runs.
+    let config = super::temp_dir(&names.id).join("status.toml");
+    std::fs::write(&config, cluster_config(&names, free_port())).unwrap();
+    let status = super::switchyard()
+        .args(["status", "--wait", "500ms", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "status: {stdout}");
+    assert_eq!(
+        stdout.matches("partitions ").count(),
+        3,
+        "three hosts, each with its partitions: {stdout}"
+    );
+    assert!(stdout.contains(" of 6, "), "{stdout}");
+
     let started = Instant::now();
     let publisher = runtime.spawn(publish_all(names.clone()));
     let progress = |graph: &neo4rs::Graph| runtime.block_on(recorded(graph, &names.id));
