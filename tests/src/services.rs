@@ -55,8 +55,11 @@ pub fn neo4j_url() -> String {
 /// Runs `scripts/services ACTION NAME` (e.g. `stop valkey`), for tests that
 /// inject faults. Panics if the script fails.
 pub fn control(action: &str, name: &str) {
-    let script = required("SWITCHYARD_SERVICES");
-    let status = Command::new(&script)
+    run_script(&required("SWITCHYARD_SERVICES"), action, name);
+}
+
+fn run_script(script: &str, action: &str, name: &str) {
+    let status = Command::new(script)
         .args([action, name])
         .status()
         .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
@@ -86,14 +89,7 @@ pub fn cluster_control(action: &str, name: &str) {
         Ok(value) if !value.is_empty() => value,
         _ => panic!("SWITCHYARD_CLUSTERS is not set: export `scripts/clusters env`"),
     };
-    let status = Command::new(&script)
-        .args([action, name])
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-    assert!(
-        status.success(),
-        "`{script} {action} {name}` failed: {status}"
-    );
+    run_script(&script, action, name);
 }
 
 /// A name no other test in this run (or an earlier run against the same

@@ -225,37 +225,30 @@ impl Lease {
     /// [`Lease::step_down`], once this host's events under it are settled.
     /// The lease can be taken again later.
     pub async fn hand_over(&self) {
-        let revision = self.revision.lock().await.take();
-        self.held.send_replace(false);
-        if let Some(revision) = revision {
-            match self
-                .store
-                .delete_expect_revision(&self.key, Some(revision))
-                .await
-            {
-                Ok(()) => tracing::info!(lease = %self.key, "lease handed over"),
-                Err(error) => {
-                    tracing::warn!(lease = %self.key, %error, "cannot free the lease; it expires on its own")
-                }
-            }
-        }
+        self.free("lease handed over").await;
     }
 
     /// Stops renewing and, when held, frees the lease for a standby.
     pub async fn release(&self) {
         self.released.store(true, Ordering::Release);
+        self.free("lease released").await;
+    }
+
+    /// Deletes the stored lease if this host owns it.
+    async fn free(&self, done: &str) {
         let revision = self.revision.lock().await.take();
-        if let Some(revision) = revision {
-            self.held.send_replace(false);
-            match self
-                .store
-                .delete_expect_revision(&self.key, Some(revision))
-                .await
-            {
-                Ok(()) => tracing::info!(lease = %self.key, "lease released"),
-                Err(error) => {
-                    tracing::warn!(lease = %self.key, %error, "cannot release the lease; it expires on its own")
-                }
+        self.held.send_replace(false);
+        let Some(revision) = revision else {
+            return;
+        };
+        match self
+            .store
+            .delete_expect_revision(&self.key, Some(revision))
+            .await
+        {
+            Ok(()) => tracing::info!(lease = %self.key, "{done}"),
+            Err(error) => {
+                tracing::warn!(lease = %self.key, %error, "cannot free the lease; it expires on its own")
             }
         }
     }
