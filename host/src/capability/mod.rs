@@ -168,7 +168,10 @@ pub struct HostState {
     pub(crate) subject: String,
     pub(crate) sequence: u64,
     pub(crate) output: MemoryOutputPipe,
-    wasi: WasiCtx,
+    /// Built on the guest's first WASI call: most events make none, and
+    /// the context (three random generators among the rest) is a few
+    /// percent of a no-op event.
+    wasi: Option<WasiCtx>,
     table: ResourceTable,
     pub(crate) limits: StoreLimits,
 }
@@ -179,14 +182,6 @@ const OUTPUT_CAPTURE_BYTES: usize = 16 * 1024;
 impl HostState {
     pub(crate) fn new(env: Arc<HandlerEnv>, subject: String, sequence: u64) -> Self {
         let output = MemoryOutputPipe::new(OUTPUT_CAPTURE_BYTES);
-        // WASI is there because `std` on wasm32-wasip2 links against it. The
-        // guest gets no files, no environment, no network, no arguments:
-        // only clocks, randomness and a capture of its stdout/stderr.
-        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
-            .stdout(output.clone())
-            .stderr(output.clone())
-            .allow_blocking_current_thread(false)
-            .build();
         let limits = wasmtime::StoreLimitsBuilder::new()
             .memory_size(env.limits.memory_bytes)
             .trap_on_grow_failure(true)
@@ -197,7 +192,7 @@ impl HostState {
             subject,
             sequence,
             output,
-            wasi,
+            wasi: None,
             table: ResourceTable::new(),
             limits,
         }
@@ -249,10 +244,23 @@ impl HostState {
     }
 }
 
+/// The guest's WASI context. WASI is there because `std` on wasm32-wasip2
+/// links against it. The guest gets no files, no environment, no network,
+/// no arguments: only clocks, randomness and a capture of its
+/// stdout/stderr in `output`.
+fn wasi_ctx(output: &MemoryOutputPipe) -> WasiCtx {
+    wasmtime_wasi::WasiCtxBuilder::new()
+        .stdout(output.clone())
+        .stderr(output.clone())
+        .allow_blocking_current_thread(false)
+        .build()
+}
+
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let output = &self.output;
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self.wasi.get_or_insert_with(|| wasi_ctx(output)),
             table: &mut self.table,
         }
     }
