@@ -26,7 +26,7 @@
 //! - [`capability`]: the host side of each import (`cache`, `graph`, `log`,
 //!   `config`): checks, effect counting, error conversion.
 //! - [`backend`]: where effects land: [`backend::memory`],
-//!   [`backend::valkey`], [`backend::neo4j`]. Beside it, [`nats`]: every
+//!   [`backend::valkey`], [`backend::valkey_cluster`], [`backend::neo4j`]. Beside it, [`nats`]: every
 //!   NATS connection the binary makes (servers, TLS, credentials, why a
 //!   server refused).
 //! - Data and rules everyone below may use, importing nothing above:

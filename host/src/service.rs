@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::memory::{MemoryCache, MemoryGraph};
 use crate::backend::neo4j::Neo4jGraph;
 use crate::backend::valkey::{ValkeyCache, ValkeyOptions};
+use crate::backend::valkey_cluster::ValkeyClusterCache;
 use crate::backend::{BackendError, Backends, CacheBackend, GraphBackend};
 use crate::capability::HandlerEnv;
 use crate::config::{CacheConfig, Config, HandlerConfig};
@@ -265,12 +266,25 @@ pub async fn connect_backends(
         let options = valkey_options(&config.cache)?;
         if options.insecure {
             tracing::warn!(
-                url = %crate::secret::mask_url(&url),
+                url = %crate::secret::mask_urls(&url),
                 "cache.insecure is set: the cache server's certificate is NOT verified, so \
                  anyone on the path to it can read and change its traffic; for testing only"
             );
         }
-        Arc::new(retry_connect("cache", &url, || ValkeyCache::connect_with(&url, &options)).await?)
+        if config.cache.cluster {
+            let seeds: Vec<String> = url.split(',').map(|u| u.trim().to_string()).collect();
+            let shown = crate::secret::mask_urls(&url);
+            Arc::new(
+                retry_connect("cache", &shown, || {
+                    ValkeyClusterCache::connect_with(&seeds, &options)
+                })
+                .await?,
+            )
+        } else {
+            Arc::new(
+                retry_connect("cache", &url, || ValkeyCache::connect_with(&url, &options)).await?,
+            )
+        }
     };
     health.cache.store(true, Ordering::Relaxed);
     let graph: Arc<dyn GraphBackend> = if config.graph.url.starts_with("memory://") {

@@ -7,12 +7,15 @@
 //!
 //! - [`memory`]: in-memory cache and graph, for `switchyard test`, the test
 //!   harness and `memory://` URLs. The cache selects keys exactly as Valkey.
-//! - [`valkey`]: Valkey/Redis over the `redis` crate.
+//! - [`valkey`]: Valkey/Redis over the `redis` crate, one server.
+//! - [`valkey_cluster`]: a Valkey cluster: scans over every primary behind
+//!   one cursor, deletes routed by hash slot.
 //! - [`neo4j`]: Neo4j over Bolt with `neo4rs`.
 //! - [`graph_batch`]: the Neo4j backend's batched writes: concurrent
 //!   upserts share `UNWIND` transactions.
-//! - [`sweep`]: the Valkey backend's shared sweeper: one `SCAN` sweep of
-//!   the keyspace serves every `delete_matching` call waiting for it.
+//! - [`sweep`]: the Valkey backends' shared sweeper: one `SCAN` sweep of
+//!   the keyspace (the server, or every primary of a cluster) serves every
+//!   `delete_matching` call waiting for it.
 //!
 //! Backends import only the bindings' value type and the leaf rules
 //! (`glob`, `identifier`); never a capability, grants or anything above.
@@ -22,6 +25,7 @@ pub mod memory;
 pub mod neo4j;
 pub mod sweep;
 pub mod valkey;
+pub mod valkey_cluster;
 
 use std::sync::Arc;
 

@@ -13,7 +13,9 @@
 //!    with Valkey's own glob semantics ([`crate::glob`]);
 //! 2. walks the keyspace from cursor 0 back to 0 with `SCAN ... COUNT`
 //!    [`SWEEP_COUNT`], with `MATCH` on the longest literal prefix all the
-//!    patterns share, so Valkey filters what no caller can want;
+//!    patterns share, so Valkey filters what no caller can want. The
+//!    keyspace is a [`Keyspace`]: one server, or every primary of a
+//!    cluster, each walked with its own cursor, all of them at once;
 //! 3. matches each key's bytes against the index, whatever the bytes are;
 //! 4. `UNLINK`s the matches page by page, pipelined, one command per
 //!    caller, while the next page is read. A key several callers match is
@@ -23,16 +25,21 @@
 //!
 //! A call joins only a sweep that starts after it arrived, so a full
 //! iteration covers every key that exists for the whole call (`SCAN`'s own
-//! guarantee). Any Valkey error fails every call of that sweep as
-//! `unavailable` or `other`, and no call reports a key deleted that its
-//! commands did not remove.
+//! guarantee, on each node). Any Valkey error fails every call of that
+//! sweep as `unavailable` or `other`, and no call reports a key deleted
+//! that its commands did not remove.
+//!
+//! The nodes of a cluster are walked in parallel: each walk waits on its
+//! own node's round trips, so the sweep lasts as long as the slowest node
+//! instead of the sum of them, and a key lives on one node only, so the
+//! walks never meet on a key.
 
 use foldhash::HashMap;
 use foldhash::HashMapExt as _;
 use std::sync::Arc;
 use std::time::Instant;
 
-use redis::aio::ConnectionManager;
+use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -42,10 +49,32 @@ use crate::glob::{Compiled, escape_bytes};
 /// Keys asked for per `SCAN` step of a sweep.
 pub const SWEEP_COUNT: u32 = 5000;
 /// Most keys named in one `UNLINK`.
-const UNLINK_CHUNK: usize = 1000;
+pub const UNLINK_CHUNK: usize = 1000;
 
-/// Classifies a `redis` error as the backend's error.
-pub type Classify = fn(&redis::RedisError) -> BackendError;
+/// What a sweep walks: the nodes holding the keyspace, and how to scan
+/// and unlink on them. One server, or the primaries of a cluster.
+#[async_trait]
+pub trait Keyspace: Clone + Send + Sync + 'static {
+    /// A node walked with a cursor of its own.
+    type Node: Send + Sync + 'static;
+
+    /// The nodes holding every key now; a sweep walks each of them.
+    async fn nodes(&self) -> Result<Vec<Self::Node>, BackendError>;
+
+    /// One `SCAN cursor [MATCH pattern] COUNT count` step on `node`: the
+    /// next cursor and the keys.
+    async fn scan(
+        &self,
+        node: &Self::Node,
+        cursor: u64,
+        pattern: Option<&[u8]>,
+        count: u32,
+    ) -> Result<(u64, Vec<Vec<u8>>), BackendError>;
+
+    /// `UNLINK`s each group's keys, in commands of at most
+    /// [`UNLINK_CHUNK`] keys: how many of each group existed, in order.
+    async fn unlink(&self, groups: &Groups) -> Result<Vec<u64>, BackendError>;
+}
 
 /// A handle on the sweeper task; cheap to clone. The task ends when the
 /// last handle is dropped.
@@ -70,11 +99,11 @@ struct Request {
 }
 
 impl Sweeper {
-    /// Starts the sweeper task on `connection`.
-    pub fn start(connection: ConnectionManager, classify: Classify) -> Self {
+    /// Starts the sweeper task on `keyspace`.
+    pub fn start<K: Keyspace>(keyspace: K) -> Self {
         let (requests, queue) = mpsc::unbounded_channel();
         let stats = Arc::new(SweepStats::default());
-        tokio::spawn(run(connection, classify, queue, stats.clone()));
+        tokio::spawn(run(keyspace, queue, stats.clone()));
         Sweeper { requests, stats }
     }
 
@@ -105,9 +134,8 @@ impl Sweeper {
     }
 }
 
-async fn run(
-    connection: ConnectionManager,
-    classify: Classify,
+async fn run<K: Keyspace>(
+    keyspace: K,
     mut queue: mpsc::UnboundedReceiver<Request>,
     stats: Arc<SweepStats>,
 ) {
@@ -118,7 +146,7 @@ async fn run(
             batch.push(next);
         }
         let started = Instant::now();
-        let outcome = sweep_once(&connection, classify, &batch).await;
+        let outcome = sweep_once(&keyspace, &batch).await;
         stats.sweeps.fetch_add(1, Relaxed);
         stats.callers.fetch_add(batch.len() as u64, Relaxed);
         match outcome {
@@ -235,35 +263,53 @@ fn server_match(batch: &[Request]) -> Option<Vec<u8>> {
 }
 
 /// Unlink commands of one page: the caller each is for, and its keys.
-type Groups = Vec<(u32, Vec<Vec<u8>>)>;
+pub type Groups = Vec<(u32, Vec<Vec<u8>>)>;
 
 /// A page's unlinks in flight: the groups sent, and what each deleted.
 type Unlinking = JoinHandle<Result<(Groups, Vec<u64>), BackendError>>;
 
-/// One sweep for `batch`: each caller's result, and the keys visited.
-async fn sweep_once(
-    connection: &ConnectionManager,
-    classify: Classify,
+/// One sweep for `batch` over every node of `keyspace`, walked in
+/// parallel: each caller's result, and the keys visited.
+async fn sweep_once<K: Keyspace>(
+    keyspace: &K,
     batch: &[Request],
 ) -> Result<(Vec<Swept>, u64), BackendError> {
     let index = Index::new(batch);
     let matching = server_match(batch);
+    let nodes = keyspace.nodes().await?;
+    let walks = nodes
+        .iter()
+        .map(|node| walk(keyspace, node, &index, matching.as_deref(), batch));
+    let walked = futures::future::try_join_all(walks).await?;
+    let mut results: Vec<Swept> = vec![Swept::default(); batch.len()];
+    let mut visited = 0u64;
+    for (node_results, node_visited) in walked {
+        visited += node_visited;
+        for (result, node) in results.iter_mut().zip(node_results) {
+            result.deleted += node.deleted;
+            let room = Swept::MAX_KEYS_KEPT.saturating_sub(result.keys.len());
+            result.keys.extend(node.keys.into_iter().take(room));
+        }
+    }
+    Ok((results, visited))
+}
+
+/// One node's walk from cursor 0 back to 0 for `batch`: each caller's
+/// result on that node, and the keys visited.
+async fn walk<K: Keyspace>(
+    keyspace: &K,
+    node: &K::Node,
+    index: &Index,
+    matching: Option<&[u8]>,
+    batch: &[Request],
+) -> Result<(Vec<Swept>, u64), BackendError> {
     let mut results: Vec<Swept> = vec![Swept::default(); batch.len()];
     let mut unlinks: Vec<Unlinking> = Vec::new();
     let mut callers = Vec::new();
     let mut visited = 0u64;
     let mut cursor = 0u64;
     loop {
-        let mut command = redis::cmd("SCAN");
-        command.arg(cursor);
-        if let Some(pattern) = &matching {
-            command.arg("MATCH").arg(pattern.as_slice());
-        }
-        command.arg("COUNT").arg(SWEEP_COUNT);
-        let (next, keys): (u64, Vec<Vec<u8>>) = command
-            .query_async(&mut connection.clone())
-            .await
-            .map_err(|e| classify(&e))?;
+        let (next, keys) = keyspace.scan(node, cursor, matching, SWEEP_COUNT).await?;
         visited += keys.len() as u64;
         let mut groups: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
         for key in keys {
@@ -285,11 +331,12 @@ async fn sweep_once(
             }
         }
         if !groups.is_empty() {
-            unlinks.push(tokio::spawn(unlink(
-                connection.clone(),
-                classify,
-                groups.into_iter().collect(),
-            )));
+            let keyspace = keyspace.clone();
+            let groups: Groups = groups.into_iter().collect();
+            unlinks.push(tokio::spawn(async move {
+                let counts = keyspace.unlink(&groups).await?;
+                Ok((groups, counts))
+            }));
         }
         if next == 0 {
             break;
@@ -317,34 +364,6 @@ async fn sweep_once(
         Some(error) => Err(error),
         None => Ok((results, visited)),
     }
-}
-
-/// Unlinks each group's keys, pipelined; each group's removed count (a
-/// group split over several commands is summed back into one).
-async fn unlink(
-    mut connection: ConnectionManager,
-    classify: Classify,
-    groups: Groups,
-) -> Result<(Groups, Vec<u64>), BackendError> {
-    let mut pipe = redis::pipe();
-    let mut commands_per_group = Vec::with_capacity(groups.len());
-    for (_, keys) in &groups {
-        let chunks = keys.chunks(UNLINK_CHUNK);
-        commands_per_group.push(chunks.len());
-        for chunk in keys.chunks(UNLINK_CHUNK) {
-            pipe.cmd("UNLINK").arg(chunk);
-        }
-    }
-    let counts: Vec<u64> = pipe
-        .query_async(&mut connection)
-        .await
-        .map_err(|e| classify(&e))?;
-    let mut counts = counts.into_iter();
-    let per_group = commands_per_group
-        .iter()
-        .map(|&n| counts.by_ref().take(n).sum())
-        .collect();
-    Ok((groups, per_group))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use redis::{
     Client, ClientTlsConfig, ConnectionAddr, IntoConnectionInfo as _, RedisError, TlsCertificates,
 };
 
-use super::sweep::Sweeper;
+use super::sweep::{Groups, Keyspace, Sweeper, UNLINK_CHUNK};
 use super::{BackendError, CacheBackend, ScanPage, Swept};
 use crate::glob::Compiled;
 use crate::secret::mask_url;
@@ -133,7 +133,7 @@ impl ValkeyCache {
 impl ValkeyCache {
     /// The backend on an open connection; starts its sweeper.
     fn on(connection: ConnectionManager) -> Self {
-        let sweeper = Sweeper::start(connection.clone(), classify);
+        let sweeper = Sweeper::start(Server(connection.clone()));
         ValkeyCache {
             connection,
             sweeper,
@@ -175,8 +175,63 @@ impl ValkeyCache {
     }
 }
 
+/// The one server's keyspace, as the sweeper walks it.
+#[derive(Clone)]
+struct Server(ConnectionManager);
+
+#[async_trait]
+impl Keyspace for Server {
+    type Node = ();
+
+    async fn nodes(&self) -> Result<Vec<()>, BackendError> {
+        Ok(vec![()])
+    }
+
+    async fn scan(
+        &self,
+        _node: &(),
+        cursor: u64,
+        pattern: Option<&[u8]>,
+        count: u32,
+    ) -> Result<(u64, Vec<Vec<u8>>), BackendError> {
+        let mut command = redis::cmd("SCAN");
+        command.arg(cursor);
+        if let Some(pattern) = pattern {
+            command.arg("MATCH").arg(pattern);
+        }
+        command.arg("COUNT").arg(count);
+        command
+            .query_async(&mut self.0.clone())
+            .await
+            .map_err(|e| classify(&e))
+    }
+
+    /// Every group's commands in one pipeline; a group split over several
+    /// commands is summed back into one count.
+    async fn unlink(&self, groups: &Groups) -> Result<Vec<u64>, BackendError> {
+        let mut pipe = redis::pipe();
+        let mut commands_per_group = Vec::with_capacity(groups.len());
+        for (_, keys) in groups {
+            let chunks = keys.chunks(UNLINK_CHUNK);
+            commands_per_group.push(chunks.len());
+            for chunk in chunks {
+                pipe.cmd("UNLINK").arg(chunk);
+            }
+        }
+        let counts: Vec<u64> = pipe
+            .query_async(&mut self.0.clone())
+            .await
+            .map_err(|e| classify(&e))?;
+        let mut counts = counts.into_iter();
+        Ok(commands_per_group
+            .iter()
+            .map(|&n| counts.by_ref().take(n).sum())
+            .collect())
+    }
+}
+
 /// Splits patterns into exact keys and the ones that need a sweep.
-fn split(patterns: &[Compiled]) -> (Vec<&[u8]>, Vec<Compiled>) {
+pub(super) fn split(patterns: &[Compiled]) -> (Vec<&[u8]>, Vec<Compiled>) {
     let mut exact = Vec::new();
     let mut swept = Vec::new();
     for pattern in patterns {
@@ -192,7 +247,7 @@ fn split(patterns: &[Compiled]) -> (Vec<&[u8]>, Vec<Compiled>) {
 
 /// A failed connect that retrying cannot fix: credentials refused, or TLS
 /// failed.
-fn refused(error: &RedisError) -> Option<BackendError> {
+pub(super) fn refused(error: &RedisError) -> Option<BackendError> {
     let detail = if let Some(tls) = crate::tls::failure(error, "cache.ca_file") {
         tls
     } else if error.kind() == redis::ErrorKind::AuthenticationFailed
@@ -208,7 +263,7 @@ fn refused(error: &RedisError) -> Option<BackendError> {
     })
 }
 
-fn classify(error: &RedisError) -> BackendError {
+pub(super) fn classify(error: &RedisError) -> BackendError {
     let detail = error.to_string();
     if error.is_io_error()
         || error.is_timeout()

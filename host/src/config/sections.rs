@@ -125,7 +125,12 @@ fn default_dead_letter_subject() -> String {
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     /// `redis://host:port/db`, `rediss://host:port/db` (TLS) or `memory://`.
+    /// With `cluster`: the seed nodes, comma-separated, all of one scheme.
     pub url: String,
+    /// `url` names nodes of a Valkey cluster (any of them; the others are
+    /// found from it), not one server.
+    #[serde(default)]
+    pub cluster: bool,
     /// ACL user, in place of one in the URL.
     #[serde(default)]
     pub user: Option<String>,
@@ -257,7 +262,8 @@ impl std::fmt::Debug for NatsConfig {
 impl std::fmt::Debug for CacheConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CacheConfig")
-            .field("url", &crate::secret::mask_url(&self.url))
+            .field("url", &crate::secret::mask_urls(&self.url))
+            .field("cluster", &self.cluster)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("password_file", &self.password_file)

@@ -182,6 +182,66 @@ fn refuses_cache_credentials_and_certificates_that_cannot_work_naming_the_key() 
 }
 
 #[test]
+fn a_cluster_is_a_list_of_seed_nodes_of_one_scheme_and_inconsistent_lists_are_refused() {
+    let cache = |lines: &str| MINIMAL.replace("url = \"redis://127.0.0.1:6379/0\"", lines);
+    let config = parse(
+        &cache("url = \"redis://127.0.0.1:7101, redis://127.0.0.1:7102,redis://127.0.0.1:7103\"\ncluster = true"),
+        &[],
+    )
+    .unwrap();
+    assert!(config.cache.cluster);
+    let tls = cache(
+        "url = \"rediss://u:pw@a:7101/0,rediss://u:pw@b:7102\"\ncluster = true\nca_file = \"ca.crt\"",
+    );
+    let config = parse(&tls, &[]).unwrap();
+    let shown = format!("{:?}", config.cache);
+    assert!(!shown.contains("pw"), "a password in Debug output: {shown}");
+    let refused = [
+        (
+            "url = \"redis://a:7101,redis://b:7102\"",
+            "lists several servers; set `cluster = true`",
+        ),
+        (
+            "url = \"redis://a:7101,rediss://b:7102\"\ncluster = true",
+            "mixes redis:// and rediss://",
+        ),
+        (
+            "url = \"redis://a:7101,,redis://b:7102\"\ncluster = true",
+            "an empty entry",
+        ),
+        (
+            "url = \"memory://\"\ncluster = true",
+            "redis:// or rediss:// URLs",
+        ),
+        (
+            "url = \"redis://a:7101/0,redis://b:7102/3\"\ncluster = true",
+            "same credentials and database",
+        ),
+        (
+            "url = \"redis://u:x@a:7101,redis://b:7102\"\ncluster = true",
+            "same credentials and database",
+        ),
+        ("url = \"redis://:7101\"\ncluster = true", "names no host"),
+        (
+            "url = \"redis://a:7101,redis://b:7102\"\ncluster = true\nca_file = \"ca.crt\"",
+            "rediss://",
+        ),
+    ];
+    for (lines, why) in refused {
+        let error = parse(&cache(lines), &[]).unwrap_err().to_string();
+        assert!(error.starts_with("config key `cache."), "{lines}: {error}");
+        assert!(error.contains(why), "{lines}: {error}");
+    }
+    let error = parse(
+        &cache("url = \"redis://u:secret@a:1,memcached://u:secret@b:2\"\ncluster = true"),
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(!error.contains("secret"), "a password in an error: {error}");
+}
+
+#[test]
 fn refuses_dead_letters_inside_the_source_stream() {
     let text = MINIMAL.replace(
         "stream_subjects = [\"planning.>\"]",

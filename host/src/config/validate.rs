@@ -8,6 +8,69 @@ use super::error::{ConfigError, invalid};
 use super::handler::HandlerConfig;
 use super::sections::Config;
 
+/// One server, or with `cluster` the seed nodes of a cluster: all
+/// `redis://` or all `rediss://`, each with a host, and the same
+/// credentials and database in each.
+fn check_cache_nodes(cache: &super::sections::CacheConfig) -> Result<(), ConfigError> {
+    let urls: Vec<&str> = cache.url.split(',').map(str::trim).collect();
+    if !cache.cluster {
+        if urls.len() > 1 {
+            return Err(invalid(
+                "cache.url",
+                "lists several servers; set `cluster = true` if they are nodes of a Valkey cluster",
+            ));
+        }
+        return check_url("cache.url", &cache.url, &["redis", "rediss", "memory"]);
+    }
+    let mut first: Option<(&str, &str, &str)> = None;
+    for url in urls {
+        if url.is_empty() {
+            return Err(invalid(
+                "cache.url",
+                "an empty entry in the list of cluster nodes",
+            ));
+        }
+        check_url("cache.url", url, &["redis", "rediss"]).map_err(|_| {
+            invalid(
+                "cache.url",
+                format!(
+                    "`{}`: a cluster's nodes are redis:// or rediss:// URLs",
+                    crate::secret::mask_url(url)
+                ),
+            )
+        })?;
+        let (scheme, rest) = url.split_once("://").unwrap_or_default();
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, database) = rest.split_at(authority_end);
+        let (credentials, host) = authority.rsplit_once('@').unwrap_or(("", authority));
+        if host.is_empty() || host.starts_with(':') {
+            return Err(invalid(
+                "cache.url",
+                format!("`{}` names no host", crate::secret::mask_url(url)),
+            ));
+        }
+        let database = database.trim_start_matches('/');
+        let database = if database.is_empty() { "0" } else { database };
+        match first {
+            None => first = Some((scheme, credentials, database)),
+            Some((s, _, _)) if s != scheme => {
+                return Err(invalid(
+                    "cache.url",
+                    "mixes redis:// and rediss://: every node of a cluster is reached the same way",
+                ));
+            }
+            Some((_, c, d)) if c != credentials || d != database => {
+                return Err(invalid(
+                    "cache.url",
+                    "every node URL of a cluster needs the same credentials and database",
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// Credentials come from one place; certificates only with TLS, and a
 /// client certificate with its key.
 fn check_cache_access(cache: &super::sections::CacheConfig) -> Result<(), ConfigError> {
@@ -144,11 +207,7 @@ fn check_graph_access(graph: &super::sections::GraphConfig) -> Result<(), Config
 
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
     check_nats_access(&config.nats)?;
-    check_url(
-        "cache.url",
-        &config.cache.url,
-        &["redis", "rediss", "memory"],
-    )?;
+    check_cache_nodes(&config.cache)?;
     check_url(
         "graph.url",
         &config.graph.url,

@@ -1,5 +1,7 @@
 //! Tests against the real NATS, Valkey and Neo4j started by
-//! `scripts/services up`. A missing server fails the test that needs it.
+//! `scripts/services up`, and the Valkey cluster started by
+//! `scripts/clusters up valkey`. A missing server fails the test that
+//! needs it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test reports by panicking
 
@@ -15,3 +17,4 @@ mod secure;
 mod startup;
 mod support;
 mod sweep;
+mod valkey_cluster;
