@@ -14,6 +14,10 @@
 //! stream so the new holder runs them in order. Each partition of a
 //! partitioned handler is a flow of its own under its partition's lease;
 //! the partitions of one handler share its `concurrency`.
+//!
+//! A keyed event's successor starts only once its ack is confirmed (or the
+//! lease is lost), and a copy the server redelivers after this host
+//! settled it is acked without running ([`super::recent`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 use super::hold::{Held, enqueue};
 use super::lease::Lease;
 use super::order::OrderKey;
-use super::settle::{Settler, Step};
+use super::recent::Settled;
+use super::settle::{GiveUp, Settler, Step, confirmed_ack};
 use crate::config::NatsConfig;
 use crate::handler::Handler;
 use crate::lock;
@@ -51,6 +56,8 @@ pub struct Flow {
     /// Per key, the events waiting behind the one running. A key is present
     /// exactly while a task runs its events.
     queues: Mutex<HashMap<String, VecDeque<Held>>>,
+    /// Per key, the last event settled here.
+    settled: Mutex<Settled>,
     pub shutdown: CancellationToken,
     /// Cancelled when the drain grace period is over: running events stop.
     pub abort: CancellationToken,
@@ -102,6 +109,7 @@ impl Flow {
             hold: Arc::new(Semaphore::new(hold_capacity as usize)),
             hold_capacity,
             queues: Mutex::new(HashMap::new()),
+            settled: Mutex::new(Settled::default()),
             shutdown,
             abort: CancellationToken::new(),
             drain: DrainCounts::default(),
@@ -215,7 +223,10 @@ impl Flow {
             .as_ref()
             .and_then(|order| order.extract(held.message.subject.as_str(), &held.message.payload));
         let Some(key) = key else {
-            tokio::spawn(process(self.clone(), held, false));
+            let flow = self.clone();
+            tokio::spawn(async move {
+                process(flow, &held, false).await;
+            });
             return;
         };
         let mut queues = lock(&self.queues);
@@ -257,7 +268,13 @@ impl Flow {
 async fn run_key(flow: Arc<Flow>, key: String, first: Held) {
     let mut next = Some(first);
     while let Some(held) = next.take() {
-        process(flow.clone(), held, true).await;
+        let stale = lock(&flow.settled).is_stale(&key, held.sequence, held.delivered);
+        if stale {
+            flow.ack_stale(&held).await;
+        } else if process(flow.clone(), &held, true).await {
+            lock(&flow.settled).record(&key, held.sequence);
+        }
+        drop(held);
         let mut queues = lock(&flow.queues);
         match queues.get_mut(&key).and_then(VecDeque::pop_front) {
             Some(held) => next = Some(held),
@@ -268,9 +285,31 @@ async fn run_key(flow: Arc<Flow>, key: String, first: Held) {
     }
 }
 
+impl Flow {
+    /// A keyed event redelivered after this host settled it: acked (with
+    /// a confirmation, like any keyed ack) without running it again.
+    async fn ack_stale(&self, held: &Held) {
+        tracing::warn!(
+            handler = %self.name(),
+            subject = %held.message.subject,
+            sequence = held.sequence,
+            attempt = held.delivered,
+            "redelivered after this host settled it (the server lost its ack); acked without running it again"
+        );
+        self.handler.metrics().stale_redelivery(self.name());
+        let until = GiveUp {
+            abort: &self.abort,
+            lease: self.lease.as_deref(),
+        };
+        confirmed_ack(&self.js, &held.message, &until).await;
+        held.keepalive.stop();
+    }
+}
+
 /// Runs one held message to its settlement: waits for a slot, runs it,
-/// and (keyed events) retries it in place.
-async fn process(flow: Arc<Flow>, held: Held, in_place: bool) {
+/// and (keyed events) retries it in place. True when it was acked or
+/// dead-lettered here; false when it was handed back to the stream.
+async fn process(flow: Arc<Flow>, held: &Held, in_place: bool) -> bool {
     let mut local_retries = 0u32;
     loop {
         let permit = tokio::select! {
@@ -281,20 +320,29 @@ async fn process(flow: Arc<Flow>, held: Held, in_place: bool) {
         let Some(permit) = permit else {
             flow.drain.unstarted.fetch_add(1, Ordering::Relaxed);
             held.nak(None).await;
-            return;
+            return false;
         };
+        // A lease lost while the key's previous event settled: the new
+        // holder runs this one, after the previous one if that comes back.
+        if in_place && flow.lease.as_ref().is_some_and(|lease| !lease.is_held()) {
+            drop(permit);
+            held.nak(None).await;
+            return false;
+        }
         let attempt = held.delivered.saturating_add(local_retries);
-        let step = flow
-            .settler
-            .run(&held, attempt, in_place, &flow.abort)
-            .await;
+        let until = GiveUp {
+            abort: &flow.abort,
+            lease: flow.lease.as_deref(),
+        };
+        let step = flow.settler.run(held, attempt, in_place, &until).await;
         drop(permit);
         match step {
-            Step::Settled => return,
+            Step::Settled => return true,
+            Step::HandedBack => return false,
             Step::Stopped => {
                 flow.drain.stopped.fetch_add(1, Ordering::Relaxed);
                 held.nak(None).await;
-                return;
+                return false;
             }
             Step::RetryIn(delay) => {
                 tokio::select! {
@@ -302,14 +350,14 @@ async fn process(flow: Arc<Flow>, held: Held, in_place: bool) {
                     () = flow.shutdown.cancelled() => {
                         // Another host retries it; no point waiting here.
                         held.nak(None).await;
-                        return;
+                        return false;
                     }
                     () = flow.lease_lost() => {
                         // Another host runs the handler or partition now,
                         // after this event: back to the stream, before the
                         // key's later events handed back behind it.
                         held.nak(None).await;
-                        return;
+                        return false;
                     }
                 }
             }

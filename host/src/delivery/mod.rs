@@ -12,7 +12,9 @@
 //!    in-progress acks while this host keeps it.
 //! 4. [`order`] and [`flow`]: with an order key, the event waits on its
 //!    key's queue until the events of that key before it are settled;
-//!    otherwise it starts at once, up to `concurrency` running.
+//!    otherwise it starts at once, up to `concurrency` running. [`recent`]
+//!    remembers, per key, what was settled here, so a copy the server
+//!    redelivers after the key moved on is acked without running.
 //! 5. [`settle`]: one delivery attempt runs through the handler's dispatch,
 //!    and its outcome becomes an ack, a nak with delay, a retry in place,
 //!    or a dead letter.
@@ -39,6 +41,7 @@ pub mod hold;
 pub mod lease;
 pub mod order;
 pub mod pull;
+pub mod recent;
 pub mod settle;
 pub mod streams;
 

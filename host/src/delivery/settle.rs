@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 use super::dead_letter::write::dead_letter;
 use super::hold::Held;
+use super::lease::Lease;
 use crate::bindings::event::Event;
 use crate::config::NatsConfig;
 use crate::handler::Handler;
@@ -40,8 +41,11 @@ pub struct Settler {
 
 /// What one run of an event left to do.
 pub enum Step {
-    /// Acked, nak'ed or dead-lettered.
+    /// Acked or dead-lettered: done here, whether or not the server
+    /// confirmed it.
     Settled,
+    /// Nak'ed: the server delivers it again.
+    HandedBack,
     /// Retry in place after this delay (keyed events only).
     RetryIn(Duration),
     /// The drain grace period ended while it ran; not settled yet.
@@ -67,13 +71,7 @@ fn event_headers(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
 /// Runs one delivery attempt of a held message through its handler and
 /// settles it, unless it is to be retried in place or was stopped.
 impl Settler {
-    pub async fn run(
-        &self,
-        held: &Held,
-        attempt: u32,
-        in_place: bool,
-        abort: &CancellationToken,
-    ) -> Step {
+    pub async fn run(&self, held: &Held, attempt: u32, in_place: bool, until: &GiveUp<'_>) -> Step {
         let (handler, nats, js) = (&*self.handler, &*self.nats, &self.js);
         let message = &held.message;
         let sequence = held.sequence;
@@ -94,8 +92,8 @@ impl Settler {
             let reason = format!(
                 "delivered {attempt} times, more than max_deliver {max_deliver}, without being settled (host crash or lost acks)"
             );
-            dead_letter(js, handler, nats, held, attempt, plugin.digest().as_str(), &reason).await;
-            return Step::Settled;
+            let kept = dead_letter(js, handler, nats, held, attempt, plugin.digest().as_str(), &reason).await;
+            return self.after_dead_letter(held, kept, in_place).await;
         }
         let event = Event {
             subject: message.subject.to_string(),
@@ -107,7 +105,7 @@ impl Settler {
         };
         let dispatch = tokio::select! {
             dispatch = handler.dispatch(&plugin, event) => dispatch,
-            () = abort.cancelled() => {
+            () = until.abort.cancelled() => {
                 tracing::warn!("still running after the drain grace period; stopped, will be nak'ed");
                 return Step::Stopped;
             }
@@ -136,7 +134,7 @@ impl Settler {
             Outcome::Ack => {
                 stats.acked.fetch_add(1, Ordering::Relaxed);
                 if in_place {
-                    confirmed_ack(js, message, handler.config.ack_wait).await;
+                    confirmed_ack(js, message, until).await;
                     held.keepalive.stop();
                 } else {
                     held.keepalive.stop();
@@ -160,6 +158,7 @@ impl Settler {
                 if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
                     tracing::warn!(%error, "nak failed; the event will be redelivered after ack_wait");
                 }
+                return Step::HandedBack;
             }
             Outcome::Retry { .. } => {
                 let last = dispatch
@@ -168,10 +167,12 @@ impl Settler {
                     .unwrap_or_else(|| "the handler asked to retry".into());
                 // The cause first: a reason is often cut short where it is shown.
                 let reason = format!("{last}; gave up after {attempt} deliveries (max_deliver {max_deliver})");
-                dead_letter(js, handler, nats, held, attempt, plugin.digest().as_str(), &reason).await;
+                let kept = dead_letter(js, handler, nats, held, attempt, plugin.digest().as_str(), &reason).await;
+                return self.after_dead_letter(held, kept, in_place).await;
             }
             Outcome::Reject { reason } => {
-                dead_letter(js, handler, nats, held, attempt, plugin.digest().as_str(), &reason).await;
+                let kept = dead_letter(js, handler, nats, held, attempt, plugin.digest().as_str(), &reason).await;
+                return self.after_dead_letter(held, kept, in_place).await;
             }
         }
         Step::Settled
@@ -181,35 +182,101 @@ impl Settler {
     }
 }
 
+impl Settler {
+    /// A dead letter that could not be published keeps the event: a keyed
+    /// one is retried in place (its key's later events wait, the next
+    /// attempt dead-letters again), any other is nak'ed.
+    async fn after_dead_letter(&self, held: &Held, kept: Option<Duration>, in_place: bool) -> Step {
+        match kept {
+            None => Step::Settled,
+            Some(delay) if in_place => Step::RetryIn(delay),
+            Some(delay) => {
+                held.nak(Some(delay)).await;
+                Step::HandedBack
+            }
+        }
+    }
+}
+
+/// When a keyed event stops waiting for its ack's confirmation: the drain
+/// grace period is over, or (exclusive and partitioned handlers) the lease
+/// is lost, so another host runs the key's later events.
+pub struct GiveUp<'a> {
+    pub abort: &'a CancellationToken,
+    pub lease: Option<&'a Lease>,
+}
+
+impl GiveUp<'_> {
+    async fn reached(&self) {
+        let lost = async {
+            match self.lease {
+                Some(lease) => lease.lost().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = self.abort.cancelled() => {}
+            () = lost => {}
+        }
+    }
+}
+
 /// An ack the server confirms, for an event with an order key: the key's
 /// next event starts only once this one cannot come back. A plain ack lost
 /// with a server (killed, or failed over mid-stream) would let the server
 /// redeliver the event after its successor ran. Asked again until
-/// confirmed or `within` is over; the in-progress acks keep the event
-/// meanwhile. Acking twice is harmless.
-async fn confirmed_ack(js: &Context, message: &Message, within: Duration) {
+/// confirmed or `until` is reached, however long the cluster takes to
+/// answer; the in-progress acks keep the event meanwhile, and a copy the
+/// server redelivers anyway is acked without running
+/// ([`super::flow`]). Acking twice is harmless. True when confirmed.
+pub async fn confirmed_ack(js: &Context, message: &Message, until: &GiveUp<'_>) -> bool {
     let Some(reply) = message.reply.clone() else {
-        return;
+        return false;
     };
     let client = js.client();
     let started = tokio::time::Instant::now();
     let mut pause = Duration::from_millis(50);
+    let mut warned = false;
     loop {
         let asked = client.request(reply.clone(), AckKind::Ack.into());
-        let error = match tokio::time::timeout(CONFIRM_TIMEOUT, asked).await {
-            Ok(Ok(_)) => return,
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => format!("no confirmation within {CONFIRM_TIMEOUT:?}"),
+        let error = tokio::select! {
+            answer = tokio::time::timeout(CONFIRM_TIMEOUT, asked) => match answer {
+                Ok(Ok(_)) => {
+                    if warned {
+                        tracing::info!(waited_ms = started.elapsed().as_millis() as u64, "ack confirmed; the key's next event starts");
+                    }
+                    return true;
+                }
+                Ok(Err(error)) => Some(error.to_string()),
+                Err(_) => Some(format!("no confirmation within {CONFIRM_TIMEOUT:?}")),
+            },
+            () = until.reached() => None,
         };
-        if started.elapsed() + pause >= within {
-            tracing::warn!(%error, "ack not confirmed; the event may come back after later events of its key");
-            return;
+        let Some(error) = error else {
+            tracing::warn!(
+                "ack not confirmed before giving up the key; the event may run again on the host that takes it over"
+            );
+            return false;
+        };
+        if !warned && started.elapsed() >= CONFIRM_WARN_AFTER {
+            warned = true;
+            tracing::warn!(%error, "ack not confirmed yet; the key's next event waits, asking again");
+        } else {
+            tracing::debug!(%error, retry_in = ?pause, "ack not confirmed yet; asking again");
         }
-        tracing::debug!(%error, retry_in = ?pause, "ack not confirmed yet; asking again");
-        tokio::time::sleep(pause).await;
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = until.reached() => {
+                tracing::warn!(%error, "ack not confirmed before giving up the key; the event may run again on the host that takes it over");
+                return false;
+            }
+        }
         pause = (pause * 2).min(Duration::from_secs(1));
     }
 }
+
+/// After this long unconfirmed, one warning (then debug lines).
+const CONFIRM_WARN_AFTER: Duration = Duration::from_secs(2);
 
 /// How long one confirmed ack waits for the server's answer.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);

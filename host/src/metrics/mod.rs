@@ -108,6 +108,7 @@ pub struct Metrics {
     pub duration: Family<HandlerLabel, Histogram>,
     pub redeliveries: Family<HandlerLabel, Counter>,
     pub dead_letters: Family<HandlerLabel, Counter>,
+    pub stale_redeliveries: Family<HandlerLabel, Counter>,
     pub keys_scanned: Family<HandlerLabel, Counter>,
     pub keys_deleted: Family<HandlerLabel, Counter>,
     pub graph_upserts: Family<KindLabels, Counter>,
@@ -214,6 +215,12 @@ impl Metrics {
             "Events published to the dead-letter stream",
             dead_letters.clone(),
         );
+        let stale_redeliveries = Family::<HandlerLabel, Counter>::default();
+        registry.register(
+            "stale_redeliveries",
+            "Keyed events redelivered after this host had settled them (the server lost the ack), acked without running again",
+            stale_redeliveries.clone(),
+        );
         let keys_scanned = Family::<HandlerLabel, Counter>::default();
         registry.register(
             "cache_keys_scanned",
@@ -286,6 +293,7 @@ impl Metrics {
             duration,
             redeliveries,
             dead_letters,
+            stale_redeliveries,
             keys_scanned,
             keys_deleted,
             graph_upserts,
@@ -356,6 +364,7 @@ impl Metrics {
         }
         let _ = self.redeliveries.get_or_create(&label);
         let _ = self.dead_letters.get_or_create(&label);
+        let _ = self.stale_redeliveries.get_or_create(&label);
         let _ = self.keys_scanned.get_or_create(&label);
         let _ = self.keys_deleted.get_or_create(&label);
         for kind_name in ["entity", "relation"] {
@@ -440,6 +449,10 @@ impl Metrics {
 
     pub fn dead_lettered(&self, name: &str) {
         self.dead_letters.get_or_create(&handler(name)).inc();
+    }
+
+    pub fn stale_redelivery(&self, name: &str) {
+        self.stale_redeliveries.get_or_create(&handler(name)).inc();
     }
 
     /// Marks `digest` as the live plugin of `name`, clearing the previous one.

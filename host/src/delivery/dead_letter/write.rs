@@ -2,7 +2,7 @@
 //! `Switchyard-*` headers saying why, from where, and when.
 
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{AckKind, Context};
@@ -45,7 +45,9 @@ fn headers_wire_len(headers: &HeaderMap) -> usize {
 }
 
 /// Publishes the held message to the dead-letter stream with why and where
-/// from, then terms it. If the publish is not acknowledged, naks instead.
+/// from, then terms it. If the publish is not acknowledged, the event is
+/// kept: returns the delay after which to try again (the caller naks it or
+/// retries in place).
 pub async fn dead_letter(
     js: &Context,
     handler: &Handler,
@@ -54,8 +56,7 @@ pub async fn dead_letter(
     attempt: u32,
     digest: &str,
     reason: &str,
-) {
-    held.keepalive.stop();
+) -> Option<Duration> {
     let message = &held.message;
     let mut headers = message.headers.clone().unwrap_or_default();
     let reason = one_line(reason);
@@ -93,17 +94,19 @@ pub async fn dead_letter(
     };
     match published.await {
         Ok(_) => {
+            held.keepalive.stop();
             handler.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
             handler.metrics().dead_lettered(handler.name());
             tracing::warn!(%reason, dead_letter_subject = %subject, "event dead-lettered");
             if let Err(error) = message.ack_with(AckKind::Term).await {
                 tracing::warn!(%error, "term failed after dead-lettering; a redelivery will be dead-lettered again");
             }
+            None
         }
         Err(error) => {
             let delay = handler.config.retry.delay(attempt);
             tracing::error!(%error, %reason, retry_in = ?delay, "cannot publish dead letter; keeping the event");
-            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            Some(delay)
         }
     }
 }
