@@ -132,6 +132,80 @@ impl Sweeper {
     pub fn stats(&self) -> &SweepStats {
         &self.stats
     }
+
+    /// `delete_matching` on this sweeper's keyspace: exact keys are
+    /// unlinked by name with `unlink` (no sweep), the other patterns by
+    /// the next sweep, both at once. A key named exactly and also matched
+    /// by a pattern is unlinked by one of the two and counted by it.
+    pub async fn delete_matching<'p, F>(
+        &self,
+        patterns: &'p [Compiled],
+        unlink: impl FnOnce(Vec<&'p [u8]>) -> F,
+    ) -> Result<Swept, BackendError>
+    where
+        F: Future<Output = Result<Vec<Vec<u8>>, BackendError>>,
+    {
+        let (exact, swept) = split(patterns);
+        let by_name = async {
+            if exact.is_empty() {
+                return Ok(Vec::new());
+            }
+            unlink(exact).await
+        };
+        let by_sweep = async {
+            if swept.is_empty() {
+                return Ok(Swept::default());
+            }
+            self.sweep(swept, true).await
+        };
+        let (by_name, by_sweep) = tokio::join!(by_name, by_sweep);
+        let mut result = by_sweep?;
+        let named = by_name?;
+        result.deleted += named.len() as u64;
+        result.keys.extend(named);
+        result.keys.truncate(Swept::MAX_KEYS_KEPT);
+        Ok(result)
+    }
+
+    /// The keys matching any of `patterns`, sorted, each once: exact keys
+    /// through `exists` (no sweep), the others by the next sweep.
+    pub async fn find_matching<'p, F>(
+        &self,
+        patterns: &'p [Compiled],
+        exists: impl FnOnce(Vec<&'p [u8]>) -> F,
+    ) -> Result<Vec<Vec<u8>>, BackendError>
+    where
+        F: Future<Output = Result<Vec<Vec<u8>>, BackendError>>,
+    {
+        let (exact, swept) = split(patterns);
+        let mut keys = if swept.is_empty() {
+            Vec::new()
+        } else {
+            self.sweep(swept, false).await?.keys
+        };
+        if !exact.is_empty() {
+            keys.extend(exists(exact).await?);
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
+    }
+}
+
+/// Splits patterns into exact keys (sorted, each once) and the ones that
+/// need a sweep.
+fn split(patterns: &[Compiled]) -> (Vec<&[u8]>, Vec<Compiled>) {
+    let mut exact = Vec::new();
+    let mut swept = Vec::new();
+    for pattern in patterns {
+        match pattern {
+            Compiled::Exact(key) => exact.push(key.as_slice()),
+            other => swept.push(other.clone()),
+        }
+    }
+    exact.sort_unstable();
+    exact.dedup();
+    (exact, swept)
 }
 
 async fn run<K: Keyspace>(

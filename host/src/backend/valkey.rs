@@ -230,21 +230,6 @@ impl Keyspace for Server {
     }
 }
 
-/// Splits patterns into exact keys and the ones that need a sweep.
-pub(super) fn split(patterns: &[Compiled]) -> (Vec<&[u8]>, Vec<Compiled>) {
-    let mut exact = Vec::new();
-    let mut swept = Vec::new();
-    for pattern in patterns {
-        match pattern {
-            Compiled::Exact(key) => exact.push(key.as_slice()),
-            other => swept.push(other.clone()),
-        }
-    }
-    exact.sort_unstable();
-    exact.dedup();
-    (exact, swept)
-}
-
 /// A failed connect that retrying cannot fix: credentials refused, or TLS
 /// failed.
 pub(super) fn refused(error: &RedisError) -> Option<BackendError> {
@@ -324,38 +309,20 @@ impl CacheBackend for ValkeyCache {
     }
 
     async fn delete_matching(&self, patterns: &[Compiled]) -> Result<Swept, BackendError> {
-        let (exact, swept) = split(patterns);
-        let by_name = self.unlink_exact(&exact);
-        let by_sweep = async {
-            if swept.is_empty() {
-                return Ok(Swept::default());
-            }
-            self.sweeper.sweep(swept, true).await
-        };
-        let (by_name, by_sweep) = tokio::join!(by_name, by_sweep);
-        let mut result = by_sweep?;
-        // A key named exactly and also matched by a pattern was unlinked by
-        // one of the two; each count is what its own command removed.
-        let named = by_name?;
-        result.deleted += named.len() as u64;
-        result.keys.extend(named);
-        result.keys.truncate(Swept::MAX_KEYS_KEPT);
-        Ok(result)
+        self.sweeper
+            .delete_matching(
+                patterns,
+                |exact| async move { self.unlink_exact(&exact).await },
+            )
+            .await
     }
 
     async fn find_matching(&self, patterns: &[Compiled]) -> Result<Vec<Vec<u8>>, BackendError> {
-        let (exact, swept) = split(patterns);
-        let mut keys = if swept.is_empty() {
-            Vec::new()
-        } else {
-            self.sweeper.sweep(swept, false).await?.keys
-        };
-        if !exact.is_empty() {
-            keys.extend(self.per_key("EXISTS", &exact).await?);
-        }
-        keys.sort_unstable();
-        keys.dedup();
-        Ok(keys)
+        self.sweeper
+            .find_matching(patterns, |exact| async move {
+                self.per_key("EXISTS", &exact).await
+            })
+            .await
     }
 
     async fn ping(&self) -> Result<(), BackendError> {

@@ -46,7 +46,7 @@ pub use topology::Primary;
 use topology::{by_slot, join_cursor, primaries, split_cursor};
 
 use super::sweep::{Groups, Keyspace, Sweeper, UNLINK_CHUNK};
-use super::valkey::{COMMAND_TIMEOUT, ValkeyOptions, classify, refused, split};
+use super::valkey::{COMMAND_TIMEOUT, ValkeyOptions, classify, refused};
 use super::{BackendError, CacheBackend, ScanPage, Swept};
 use crate::glob::Compiled;
 
@@ -414,36 +414,19 @@ impl CacheBackend for ValkeyClusterCache {
     }
 
     async fn delete_matching(&self, patterns: &[Compiled]) -> Result<Swept, BackendError> {
-        let (exact, swept) = split(patterns);
-        let by_name = self.per_key("UNLINK", &exact);
-        let by_sweep = async {
-            if swept.is_empty() {
-                return Ok(Swept::default());
-            }
-            self.sweeper.sweep(swept, true).await
-        };
-        let (by_name, by_sweep) = tokio::join!(by_name, by_sweep);
-        let mut result = by_sweep?;
-        // As on one server: a key named exactly and also matched by a
-        // pattern was unlinked by one of the two, and counted by it.
-        let named = by_name?;
-        result.deleted += named.len() as u64;
-        result.keys.extend(named);
-        result.keys.truncate(Swept::MAX_KEYS_KEPT);
-        Ok(result)
+        self.sweeper
+            .delete_matching(patterns, |exact| async move {
+                self.per_key("UNLINK", &exact).await
+            })
+            .await
     }
 
     async fn find_matching(&self, patterns: &[Compiled]) -> Result<Vec<Vec<u8>>, BackendError> {
-        let (exact, swept) = split(patterns);
-        let mut keys = if swept.is_empty() {
-            Vec::new()
-        } else {
-            self.sweeper.sweep(swept, false).await?.keys
-        };
-        keys.extend(self.per_key("EXISTS", &exact).await?);
-        keys.sort_unstable();
-        keys.dedup();
-        Ok(keys)
+        self.sweeper
+            .find_matching(patterns, |exact| async move {
+                self.per_key("EXISTS", &exact).await
+            })
+            .await
     }
 
     /// Every primary answers `PING`.
