@@ -20,7 +20,7 @@
 //! settled it is acked without running ([`super::recent`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::Context;
@@ -42,6 +42,10 @@ use crate::lock;
 /// behind their key).
 pub const HOLD_PER_SLOT: u32 = 8;
 
+/// How long a take-over waits for the consumer's counts before assuming
+/// the previous holder left events unsettled.
+const CONSUMER_INFO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// One handler's consumer state, shared by the pull loop and event tasks.
 pub struct Flow {
     pub js: Context,
@@ -56,8 +60,11 @@ pub struct Flow {
     /// Per key, the events waiting behind the one running. A key is present
     /// exactly while a task runs its events.
     queues: Mutex<HashMap<String, VecDeque<Held>>>,
-    /// Per key, the last event settled here.
+    /// Keyed events settled here lately.
     settled: Mutex<Settled>,
+    /// Set when a take-over waited for a previous holder's events: the
+    /// next pull request's messages are started together, in stream order.
+    pub gather_next: AtomicBool,
     pub shutdown: CancellationToken,
     /// Cancelled when the drain grace period is over: running events stop.
     pub abort: CancellationToken,
@@ -110,6 +117,7 @@ impl Flow {
             hold_capacity,
             queues: Mutex::new(HashMap::new()),
             settled: Mutex::new(Settled::default()),
+            gather_next: AtomicBool::new(false),
             shutdown,
             abort: CancellationToken::new(),
             drain: DrainCounts::default(),
@@ -146,10 +154,15 @@ impl Flow {
         // not a previous holder's.
         let ours = (self.hold_capacity as usize).saturating_sub(self.hold.available_permits());
         // When the consumer cannot be read, assume the worst and wait.
-        let unacked = match consumer.info().await {
-            Ok(info) => Some(info.num_ack_pending.saturating_sub(ours)),
-            Err(error) => {
+        let info = tokio::time::timeout(CONSUMER_INFO_TIMEOUT, consumer.info()).await;
+        let unacked = match info {
+            Ok(Ok(info)) => Some(info.num_ack_pending.saturating_sub(ours)),
+            Ok(Err(error)) => {
                 tracing::warn!(handler = %self.name(), %error, "cannot read the consumer after taking the lease");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(handler = %self.name(), timeout = ?CONSUMER_INFO_TIMEOUT, "the consumer did not answer after taking the lease");
                 None
             }
         };
@@ -160,6 +173,10 @@ impl Flow {
                 () = tokio::time::sleep(wait) => {}
                 () = self.shutdown.cancelled() => return false,
             }
+            // The server redelivers them in no particular order, and may
+            // send later events along: the first request's messages start
+            // together, in stream order.
+            self.gather_next.store(true, Ordering::Relaxed);
         }
         true
     }
@@ -268,11 +285,11 @@ impl Flow {
 async fn run_key(flow: Arc<Flow>, key: String, first: Held) {
     let mut next = Some(first);
     while let Some(held) = next.take() {
-        let stale = lock(&flow.settled).is_stale(&key, held.sequence, held.delivered);
+        let stale = lock(&flow.settled).is_stale(held.sequence, held.delivered);
         if stale {
             flow.ack_stale(&held).await;
         } else if process(flow.clone(), &held, true).await {
-            lock(&flow.settled).record(&key, held.sequence);
+            lock(&flow.settled).record(held.sequence);
         }
         drop(held);
         let mut queues = lock(&flow.queues);

@@ -3,7 +3,10 @@
 //! The task owns its pull requests: each asks the server for as many
 //! messages as this host has room to hold, and stays open for at most
 //! [`PULL_EXPIRES`]. Every message received therefore already has its hold
-//! slot ([`super::hold`]).
+//! slot ([`super::hold`]). After a take-over that waited for a previous
+//! holder's unsettled events, the first request's messages are started
+//! together, in stream order: the server redelivers them in no particular
+//! order, and may send later events of their keys in the same request.
 //!
 //! # Draining
 //!
@@ -85,6 +88,10 @@ pub async fn consume(flow: Arc<Flow>, mut consumer: PullConsumer) {
         // too; all are nak'ed in stream order, so whoever runs them next
         // gets each key's events in order.
         let mut late: Vec<Held> = Vec::new();
+        // After a take-over: this request's messages, started in stream
+        // order once it is over (see `Flow::take_over`).
+        let gather = flow.gather_next.swap(false, Ordering::Relaxed);
+        let mut gathered: Vec<Held> = Vec::new();
         // The lease was lost during this request: what it still brings is
         // handed back like `late`.
         let mut handing_over = false;
@@ -134,6 +141,11 @@ pub async fn consume(flow: Arc<Flow>, mut consumer: PullConsumer) {
                     };
                     if stopping_at.is_some() || handing_over {
                         late.push(held);
+                    } else if gather {
+                        gathered.push(held);
+                        if room.is_empty() {
+                            break;
+                        }
                     } else {
                         flow.dispatch(held);
                     }
@@ -147,6 +159,17 @@ pub async fn consume(flow: Arc<Flow>, mut consumer: PullConsumer) {
         }
         drop(batch);
         drop(room);
+        gathered.sort_by_key(|held| held.sequence);
+        if stopping_at.is_some() || handing_over {
+            late.append(&mut gathered);
+        } else {
+            if !gathered.is_empty() {
+                tracing::info!(handler = %name, events = gathered.len(), "after the take-over: starting the first events in stream order");
+            }
+            for held in gathered {
+                flow.dispatch(held);
+            }
+        }
         late.sort_by_key(|held| held.sequence);
         let handed_back = late.len();
         for held in late {

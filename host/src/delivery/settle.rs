@@ -250,7 +250,9 @@ pub async fn confirmed_ack(js: &Context, message: &Message, until: &GiveUp<'_>) 
                 Ok(Err(error)) => Some(error.to_string()),
                 Err(_) => Some(format!("no confirmation within {CONFIRM_TIMEOUT:?}")),
             },
-            () = until.reached() => None,
+            // A lease given up meanwhile (a hand-over) lets the answer
+            // in flight arrive; only the end of the drain grace cuts it.
+            () = until.abort.cancelled() => None,
         };
         let Some(error) = error else {
             tracing::warn!(
