@@ -230,6 +230,24 @@ impl Keyspace for Server {
     }
 }
 
+/// The keys of a `SCAN` page a plugin can receive: a plugin's `string`
+/// cannot carry a key that is not UTF-8, so such keys are skipped with a
+/// warning (`delete-matching` deletes them).
+pub(super) fn utf8_keys(raw_keys: Vec<Vec<u8>>, pattern: &str) -> Vec<String> {
+    let mut keys = Vec::with_capacity(raw_keys.len());
+    for key in raw_keys {
+        match String::from_utf8(key) {
+            Ok(key) => keys.push(key),
+            Err(error) => tracing::warn!(
+                key = %String::from_utf8_lossy(error.as_bytes()).escape_debug(),
+                %pattern,
+                "scan skipped a key that is not UTF-8 (delete-matching deletes such keys)"
+            ),
+        }
+    }
+    keys
+}
+
 /// A failed connect that retrying cannot fix: credentials refused, or TLS
 /// failed.
 pub(super) fn refused(error: &RedisError) -> Option<BackendError> {
@@ -284,19 +302,10 @@ impl CacheBackend for ValkeyCache {
             .query_async(&mut connection)
             .await
             .map_err(|e| classify(&e))?;
-        let mut keys = Vec::with_capacity(raw_keys.len());
-        for key in raw_keys {
-            match String::from_utf8(key) {
-                Ok(key) => keys.push(key),
-                // A plugin's `string` cannot carry it; `delete-matching` can.
-                Err(error) => tracing::warn!(
-                    key = %String::from_utf8_lossy(error.as_bytes()).escape_debug(),
-                    %pattern,
-                    "scan skipped a key that is not UTF-8 (delete-matching deletes such keys)"
-                ),
-            }
-        }
-        Ok(ScanPage { cursor, keys })
+        Ok(ScanPage {
+            cursor,
+            keys: utf8_keys(raw_keys, pattern),
+        })
     }
 
     async fn delete(&self, keys: &[String]) -> Result<u64, BackendError> {

@@ -46,7 +46,7 @@ pub use topology::Primary;
 use topology::{by_slot, join_cursor, primaries, split_cursor};
 
 use super::sweep::{Groups, Keyspace, Sweeper, UNLINK_CHUNK};
-use super::valkey::{COMMAND_TIMEOUT, ValkeyOptions, classify, refused};
+use super::valkey::{COMMAND_TIMEOUT, ValkeyOptions, classify, refused, utf8_keys};
 use super::{BackendError, CacheBackend, ScanPage, Swept};
 use crate::glob::Compiled;
 
@@ -386,19 +386,10 @@ impl CacheBackend for ValkeyClusterCache {
         let (next, raw_keys): (u64, Vec<Vec<u8>>) =
             redis::from_redis_value(answer).map_err(|e| classify_cluster(&e.into()))?;
         let cursor = join_cursor(index, next, primaries.len(), primary)?;
-        let mut keys = Vec::with_capacity(raw_keys.len());
-        for key in raw_keys {
-            match String::from_utf8(key) {
-                Ok(key) => keys.push(key),
-                // A plugin's `string` cannot carry it; `delete-matching` can.
-                Err(error) => tracing::warn!(
-                    key = %String::from_utf8_lossy(error.as_bytes()).escape_debug(),
-                    %pattern,
-                    "scan skipped a key that is not UTF-8 (delete-matching deletes such keys)"
-                ),
-            }
-        }
-        Ok(ScanPage { cursor, keys })
+        Ok(ScanPage {
+            cursor,
+            keys: utf8_keys(raw_keys, pattern),
+        })
     }
 
     async fn delete(&self, keys: &[String]) -> Result<u64, BackendError> {
