@@ -90,6 +90,12 @@ class Profile:
     # are not in the rate. The Python variants start at their first ack
     # (they never get through a warm-up within the cap).
     warmup: int = 0
+    # Before the first point, Neo4j runs single-row MERGE transactions (the
+    # handler's query shape, on a label of its own) for this long: a JVM
+    # just started compiles its hot paths for the first tens of seconds,
+    # and whichever variant ran first would pay for it. The last half of
+    # them is Neo4j's own commit latency on this machine, in the results.
+    neo4j_warmup_secs: float = 0.0
 
     @staticmethod
     def of(quick: bool) -> "Profile":
@@ -106,6 +112,7 @@ class Profile:
                 scale_events=1000,
                 scale_rate=100,
                 warmup=1000,
+                neo4j_warmup_secs=10,
             )
         return Profile(
             events=10_000,
@@ -119,6 +126,7 @@ class Profile:
             scale_events=5000,
             scale_rate=200,
             warmup=2000,
+            neo4j_warmup_secs=30,
         )
 
 
@@ -782,6 +790,43 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+WARMUP_LABEL = "SwitchyardBenchWarmup"
+
+
+def warm_neo4j(url: str, seconds: float, rate: int = 200) -> dict:
+    """Single-row `UNWIND ... MERGE` transactions at about `rate` per second
+    for `seconds` (the official driver, one managed write transaction
+    each), then the warm-up nodes deleted. Returns the commit latency of
+    the second half, when the JVM has compiled what the benchmark uses."""
+    import neo4j  # the venv's official driver, as the Python variants use
+
+    cypher = f"UNWIND $rows AS row MERGE (n:`{WARMUP_LABEL}` {{id: row.id}}) SET n += row.props"
+    latencies: list[float] = []
+    driver = neo4j.GraphDatabase.driver(url, auth=None)
+    try:
+        with driver.session() as session:
+            started = time.monotonic()
+            i = 0
+            while time.monotonic() - started < seconds:
+                rows = [{"id": f"w{i % 1000}", "props": {"n": i}}]
+                t = time.perf_counter()
+                session.execute_write(lambda tx: tx.run(cypher, rows=rows).consume())
+                latencies.append((time.perf_counter() - t) * 1000)
+                i += 1
+                time.sleep(max(0.0, started + i / rate - time.monotonic()))
+            session.run(f"MATCH (n:`{WARMUP_LABEL}`) DETACH DELETE n").consume()
+    finally:
+        driver.close()
+    measured = sorted(latencies[len(latencies) // 2:])
+    return {
+        "transactions": len(latencies),
+        "rate": rate,
+        "p50_ms": rounded(percentile(measured, 50)),
+        "p99_ms": rounded(percentile(measured, 99)),
+        "p999_ms": rounded(percentile(measured, 99.9)),
+    }
+
+
 # --- assembling the results ----------------------------------------------------
 
 
@@ -955,6 +1000,13 @@ def markdown(results: dict) -> str:
     out += ["Latency percentiles are from the 1,000 events/s run. "
             f"wasm and native drain {results['workload']['warmup_events']:,} events first; their rate "
             "counts from that ack on (start-up and the first Neo4j queries left out).", ""]
+    alone = results.get("neo4j_alone")
+    if alone:
+        out += [f"Neo4j alone, before the first variant (its warm-up: {alone['transactions']:,} single-row "
+                f"`MERGE` transactions at {alone['rate']}/s through the official Python driver, the second half "
+                f"measured): commit p50 {fmt(alone['p50_ms'])} ms, p99 {fmt(alone['p99_ms'])} ms, "
+                f"p99.9 {fmt(alone['p999_ms'])} ms. A variant's publish-to-ack latency with the Neo4j graph "
+                "includes one such commit.", ""]
     r = results["ratios"]
     out += [
         "| ratio (events/s) | value |",
@@ -1051,7 +1103,15 @@ async def main_async(args: argparse.Namespace) -> int:
         return wanted is None or variant in wanted
 
     main, memory, scale = [], [], []
+    neo4j_alone = None
     try:
+        if profile.neo4j_warmup_secs:
+            log(f"==> Neo4j warm-up: single-row MERGE transactions for {profile.neo4j_warmup_secs:g} s")
+            neo4j_alone = await asyncio.to_thread(warm_neo4j, services.neo4j_url, profile.neo4j_warmup_secs)
+            log(
+                f"  Neo4j alone: {neo4j_alone['transactions']} transactions; commit p50 {neo4j_alone['p50_ms']} ms, "
+                f"p99 {neo4j_alone['p99_ms']} ms, p99.9 {neo4j_alone['p999_ms']} ms (second half)"
+            )
         log(f"==> main rows: {profile.main_keyspace:,} keys, {profile.events:,} events, Neo4j graph")
         for variant in MAIN_VARIANTS:
             if want(variant):
@@ -1082,6 +1142,8 @@ async def main_async(args: argparse.Namespace) -> int:
             log(f"Valkey appendfsync back to {previous_fsync}")
 
     results = assemble(profile, args.quick, main, memory, scale, started, fsync)
+    if neo4j_alone:
+        results["neo4j_alone"] = neo4j_alone
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::memory::{MemoryCache, MemoryGraph};
-use crate::backend::neo4j::Neo4jGraph;
+use crate::backend::neo4j::{Neo4jGraph, Neo4jOptions};
 use crate::backend::valkey::{ValkeyCache, ValkeyOptions};
 use crate::backend::valkey_cluster::ValkeyClusterCache;
 use crate::backend::{BackendError, Backends, CacheBackend, GraphBackend};
@@ -298,10 +298,13 @@ pub async fn connect_backends(
         )?
         .unwrap_or_default();
         let (url, user, password) = (&config.graph.url, &config.graph.user, &password);
-        let ca = config.graph.ca_file.as_deref();
+        let options = Neo4jOptions {
+            ca_file: config.graph.ca_file.as_deref(),
+            write_transactions: config.graph.write_transactions,
+        };
         Arc::new(
             retry_connect("graph", url, || {
-                Neo4jGraph::connect_with(url, user, password, ca)
+                Neo4jGraph::connect_with(url, user, password, &options)
             })
             .await?,
         )

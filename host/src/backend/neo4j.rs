@@ -30,6 +30,24 @@ const BACKEND: &str = "neo4j";
 /// How long one query may take before the call reports `unavailable`.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How to connect to Neo4j and write to it.
+#[derive(Debug, Clone, Copy)]
+pub struct Neo4jOptions<'a> {
+    /// CA certificates (PEM) for a `+s`/`+ssc` URL, beside the system's.
+    pub ca_file: Option<&'a std::path::Path>,
+    /// Batched write transactions open at once (`graph.write_transactions`).
+    pub write_transactions: usize,
+}
+
+impl Default for Neo4jOptions<'_> {
+    fn default() -> Self {
+        Neo4jOptions {
+            ca_file: None,
+            write_transactions: super::graph_batch::DEFAULT_IN_FLIGHT,
+        }
+    }
+}
+
 /// A Neo4j server.
 pub struct Neo4jGraph {
     graph: Graph,
@@ -40,19 +58,21 @@ pub struct Neo4jGraph {
 impl Neo4jGraph {
     /// Connects to `url` (`bolt://host:port`) and checks it answers.
     pub async fn connect(url: &str, user: &str, password: &str) -> Result<Self, BackendError> {
-        Self::connect_with(url, user, password, None).await
+        Self::connect_with(url, user, password, &Neo4jOptions::default()).await
     }
 
-    /// [`connect`](Self::connect) with `ca_file`, the CA certificates
+    /// [`connect`](Self::connect) with `options`: the CA certificates
     /// (PEM) a `+s`/`+ssc` URL's server is verified with beside the
-    /// system's. Credentials refused or TLS failing is
+    /// system's, and how many batched write transactions may be open at
+    /// once. Credentials refused or TLS failing is
     /// [`BackendError::Refused`].
     pub async fn connect_with(
         url: &str,
         user: &str,
         password: &str,
-        ca_file: Option<&std::path::Path>,
+        options: &Neo4jOptions<'_>,
     ) -> Result<Self, BackendError> {
+        let ca_file = options.ca_file;
         let mut builder = ConfigBuilder::default()
             .uri(url)
             .user(user)
@@ -71,18 +91,18 @@ impl Neo4jGraph {
         // cause of a refusal surfaces at once.
         let probe = timed(graph.start_txn()).await.map_err(refused)?;
         timed(probe.rollback()).await?;
-        let backend = Neo4jGraph::on(graph);
+        let backend = Neo4jGraph::on(graph, options.write_transactions);
         backend.ping().await?;
         Ok(backend)
     }
 
     /// The backend on a connected driver; starts its batcher.
-    fn on(graph: Graph) -> Self {
+    fn on(graph: Graph, write_transactions: usize) -> Self {
         let run: Run = std::sync::Arc::new(|graph: Graph, q: neo4rs::Query| {
             Box::pin(async move { timed(graph.run(q)).await })
         });
         Neo4jGraph {
-            batcher: Batcher::start(graph.clone(), run),
+            batcher: Batcher::start(graph.clone(), run, write_transactions),
             graph,
             constrained: Mutex::new(HashSet::new()),
         }

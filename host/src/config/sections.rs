@@ -177,6 +177,14 @@ pub struct GraphConfig {
     /// A file holding the password, in place of `password`.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// Batched write transactions open at once (1 to 64). While they run,
+    /// the upserts of other events queue and go into the next one.
+    #[serde(default = "default_write_transactions")]
+    pub write_transactions: usize,
+}
+
+fn default_write_transactions() -> usize {
+    crate::backend::graph_batch::DEFAULT_IN_FLIGHT
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -285,6 +293,7 @@ impl std::fmt::Debug for GraphConfig {
             .field("password", &(!self.password.is_empty()).then_some("***"))
             .field("password_file", &self.password_file)
             .field("ca_file", &self.ca_file)
+            .field("write_transactions", &self.write_transactions)
             .finish()
     }
 }

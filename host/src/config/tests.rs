@@ -608,6 +608,26 @@ fn graph_tls_urls_are_accepted_and_a_ca_needs_one() {
 }
 
 #[test]
+fn graph_write_transactions_default_to_two_and_out_of_range_is_refused_naming_the_key() {
+    assert_eq!(parse(MINIMAL, &[]).unwrap().graph.write_transactions, 2);
+    let at = |n: &str| {
+        MINIMAL.replace(
+            "url = \"bolt://127.0.0.1:7687\"",
+            &format!("url = \"bolt://127.0.0.1:7687\"\nwrite_transactions = {n}"),
+        )
+    };
+    assert_eq!(parse(&at("8"), &[]).unwrap().graph.write_transactions, 8);
+    for n in ["0", "65"] {
+        let error = parse(&at(n), &[]).unwrap_err().to_string();
+        assert!(
+            error.starts_with("config key `graph.write_transactions`: ")
+                && error.contains("between 1 and 64"),
+            "{n}: {error}"
+        );
+    }
+}
+
+#[test]
 fn nats_debug_output_hides_every_secret() {
     let text = with_nats("user = \"u\"\npassword = \"pw-9d2e\"")
         .replace("nats://127.0.0.1:4222", "nats://u:url-pw-41@127.0.0.1:4222");

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::error::{ConfigError, invalid};
 use super::handler::HandlerConfig;
 use super::sections::Config;
+use crate::backend::graph_batch::MAX_IN_FLIGHT;
 
 /// One server, or with `cluster` the seed nodes of a cluster: all
 /// `redis://` or all `rediss://`, each with a host, and the same
@@ -200,6 +201,15 @@ fn check_graph_access(graph: &super::sections::GraphConfig) -> Result<(), Config
         return Err(invalid(
             "graph.ca_file",
             "certificates need a bolt+s://, bolt+ssc://, neo4j+s:// or neo4j+ssc:// graph.url",
+        ));
+    }
+    if !(1..=MAX_IN_FLIGHT).contains(&graph.write_transactions) {
+        return Err(invalid(
+            "graph.write_transactions",
+            format!(
+                "{} transactions at once: must be between 1 and {MAX_IN_FLIGHT}",
+                graph.write_transactions
+            ),
         ));
     }
     Ok(())

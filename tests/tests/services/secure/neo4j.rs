@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use switchyard::backend::neo4j::Neo4jGraph;
+use switchyard::backend::neo4j::{Neo4jGraph, Neo4jOptions};
 use switchyard::backend::{BackendError, GraphBackend, NodeKey};
 use switchyard::bindings::graph::Value;
 use switchyard_tests::services;
@@ -22,7 +22,11 @@ fn password() -> String {
 
 async fn connect(url: &str, password: &str) -> Result<Neo4jGraph, BackendError> {
     let ca = secure("CA");
-    Neo4jGraph::connect_with(url, &secure("NEO4J_USER"), password, Some(Path::new(&ca))).await
+    let options = Neo4jOptions {
+        ca_file: Some(Path::new(&ca)),
+        ..Neo4jOptions::default()
+    };
+    Neo4jGraph::connect_with(url, &secure("NEO4J_USER"), password, &options).await
 }
 
 /// A plain driver of this test's own on the TLS server.
