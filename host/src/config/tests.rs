@@ -608,8 +608,8 @@ fn graph_tls_urls_are_accepted_and_a_ca_needs_one() {
 }
 
 #[test]
-fn graph_write_transactions_default_to_two_and_out_of_range_is_refused_naming_the_key() {
-    assert_eq!(parse(MINIMAL, &[]).unwrap().graph.write_transactions, 2);
+fn graph_write_transactions_default_to_four_and_out_of_range_is_refused_naming_the_key() {
+    assert_eq!(parse(MINIMAL, &[]).unwrap().graph.write_transactions, 4);
     let at = |n: &str| {
         MINIMAL.replace(
             "url = \"bolt://127.0.0.1:7687\"",
