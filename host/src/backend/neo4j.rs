@@ -73,11 +73,14 @@ impl Neo4jGraph {
         options: &Neo4jOptions<'_>,
     ) -> Result<Self, BackendError> {
         let ca_file = options.ca_file;
+        // Every open write transaction holds a connection; leave room for
+        // constraint creation and health checks beside them.
+        let connections = (options.write_transactions + 4).max(16);
         let mut builder = ConfigBuilder::default()
             .uri(url)
             .user(user)
             .password(password)
-            .max_connections(16);
+            .max_connections(connections);
         if let Some(ca) = ca_file {
             builder = builder.with_client_certificate(ca);
         }
