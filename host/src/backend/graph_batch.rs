@@ -13,9 +13,17 @@
 //! fails with a transient error (a deadlock between concurrent batches, a
 //! leader switch) is retried whole, a few times; one that fails otherwise
 //! is split in halves and each written again, down to single rows, so a
-//! row the server refuses fails its own caller only. At most `in_flight`
-//! batches run at once (`graph.write_transactions`): while they do, new
-//! rows queue and make the next batch larger.
+//! row the server refuses fails its own caller only.
+//!
+//! Neo4j's cost is mostly per transaction, not per row: on the bench
+//! machine, 1,000 rows/s as single-row transactions kept it at 84% of a
+//! core, as 4-row ones at 28%, as 16-row ones at 16%. So a batch starts at
+//! once only when no other is running; while one is, rows queue and the
+//! next batch starts when it commits (its rows are then the next batch) or
+//! as soon as [`OPEN_ANOTHER_AT`] rows are waiting, whichever comes first.
+//! A light load thus runs one transaction at a time of everything that
+//! arrived during the last commit, and a heavy one opens up to `in_flight`
+//! (`graph.write_transactions`) at once, each of at least that many rows.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,22 +31,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use neo4rs::{BoltType, Graph, query};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 use super::BackendError;
 
-/// Default batches written at once (`graph.write_transactions`). Each
-/// open transaction costs the server CPU, so fewer and larger ones can
-/// commit sooner on a server short of it; more keep a remote server with
-/// a longer round trip busy. On the 2-vCPU bench machine with Neo4j
-/// beside the host, 2 and 4 measured within each other's run-to-run
-/// spread at 1,000 and 2,000 events/s, and 4 kept up at 5,000/s where 2
-/// once fell behind.
+/// Default for the most batches written at once
+/// (`graph.write_transactions`). Beyond the first, a batch opens only
+/// with [`OPEN_ANOTHER_AT`] rows, so this matters under heavy load only:
+/// more keep a remote server with a longer round trip busy.
 pub const DEFAULT_IN_FLIGHT: usize = 4;
 /// Most batches written at once.
 pub const MAX_IN_FLIGHT: usize = 64;
 /// Most rows in one batch.
 pub const MAX_ROWS: usize = 2000;
+/// Rows waiting that open another transaction beside a running one.
+pub const OPEN_ANOTHER_AT: usize = 32;
 /// Attempts of a group that fails with a transient error.
 const TRANSIENT_ATTEMPTS: u32 = 3;
 
@@ -145,6 +152,7 @@ async fn batches(
     in_flight: usize,
 ) {
     let slots = Arc::new(Semaphore::new(in_flight));
+    let committed = Arc::new(Notify::new());
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -153,17 +161,46 @@ async fn batches(
             return;
         };
         let mut batch = vec![first];
-        while batch.len() < MAX_ROWS {
-            match queue.try_recv() {
-                Ok(row) => batch.push(row),
-                Err(_) => break,
+        take_queued(&mut queue, &mut batch);
+        // Beside a running transaction, gather until it commits or the
+        // batch is worth a transaction of its own.
+        let running = || in_flight - slots.available_permits() - 1;
+        loop {
+            // Listening before looking: a commit after the look wakes it.
+            let commit = committed.notified();
+            tokio::pin!(commit);
+            commit.as_mut().enable();
+            if running() == 0 || batch.len() >= OPEN_ANOTHER_AT {
+                break;
+            }
+            tokio::select! {
+                row = queue.recv() => match row {
+                    Some(row) => {
+                        batch.push(row);
+                        take_queued(&mut queue, &mut batch);
+                    }
+                    None => break,
+                },
+                () = &mut commit => break,
             }
         }
         let (graph, run, transactions) = (graph.clone(), run.clone(), transactions.clone());
+        let committed = committed.clone();
         tokio::spawn(async move {
             write_batch(&graph, &run, batch, &transactions).await;
             drop(slot);
+            committed.notify_waiters();
         });
+    }
+}
+
+/// Moves the rows already queued into `batch`, up to [`MAX_ROWS`].
+fn take_queued(queue: &mut mpsc::UnboundedReceiver<Row>, batch: &mut Vec<Row>) {
+    while batch.len() < MAX_ROWS {
+        match queue.try_recv() {
+            Ok(row) => batch.push(row),
+            Err(_) => break,
+        }
     }
 }
 
@@ -241,5 +278,143 @@ async fn write_rows(
             Err(BackendError::Unavailable { .. }) if attempt < TRANSIENT_ATTEMPTS => attempt += 1,
             result => return result,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A writer whose transactions each wait for a permit of `commits`
+    /// before they commit, counting how many began.
+    struct Held {
+        batcher: Batcher,
+        begun: Arc<AtomicUsize>,
+        commits: Arc<Semaphore>,
+    }
+
+    async fn held(in_flight: usize) -> Held {
+        let begun = Arc::new(AtomicUsize::new(0));
+        let commits = Arc::new(Semaphore::new(0));
+        let run: Run = {
+            let (begun, commits) = (begun.clone(), commits.clone());
+            Arc::new(move |_graph, _query| {
+                let (begun, commits) = (begun.clone(), commits.clone());
+                Box::pin(async move {
+                    begun.fetch_add(1, Ordering::SeqCst);
+                    commits.acquire().await.expect("open").forget();
+                    Ok(())
+                })
+            })
+        };
+        // No server: the double never uses the graph's connections.
+        let graph = Graph::new("127.0.0.1:1", "nobody", "none")
+            .await
+            .expect("graph");
+        Held {
+            batcher: Batcher::start(graph, run, in_flight),
+            begun,
+            commits,
+        }
+    }
+
+    impl Held {
+        fn write(&self) -> tokio::task::JoinHandle<Result<(), BackendError>> {
+            let batcher = self.batcher.clone();
+            let shape = Shape::Entity {
+                label: "Story".into(),
+            };
+            tokio::spawn(async move { batcher.write(shape, BoltType::from("row")).await })
+        }
+
+        async fn begun_reaches(&self, n: usize) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while self.begun.load(Ordering::SeqCst) < n {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{} transactions began, waited for {n}",
+                    self.begun.load(Ordering::SeqCst)
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+
+        fn begun(&self) -> usize {
+            self.begun.load(Ordering::SeqCst)
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_arriving_during_a_commit_wait_for_it_and_share_the_next_transaction() {
+        let writer = held(4).await;
+        let first = writer.write();
+        writer.begun_reaches(1).await;
+        let waiting: Vec<_> = (0..10).map(|_| writer.write()).collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            writer.begun(),
+            1,
+            "no transaction opens beside a running one for 10 rows"
+        );
+
+        writer.commits.add_permits(1);
+        first.await.expect("task").expect("first row committed");
+        writer.begun_reaches(2).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            writer.begun(),
+            2,
+            "the 10 rows that waited go in one transaction"
+        );
+        assert!(
+            waiting.iter().all(|w| !w.is_finished()),
+            "before it commits, none returns"
+        );
+
+        writer.commits.add_permits(1);
+        for write in waiting {
+            write.await.expect("task").expect("row committed");
+        }
+        assert_eq!(writer.begun(), 2);
+    }
+
+    #[tokio::test]
+    async fn enough_rows_waiting_open_another_transaction_beside_a_running_one() {
+        let writer = held(4).await;
+        let first = writer.write();
+        writer.begun_reaches(1).await;
+        let waiting: Vec<_> = (0..OPEN_ANOTHER_AT).map(|_| writer.write()).collect();
+        writer.begun_reaches(2).await;
+        assert!(
+            !first.is_finished(),
+            "the first transaction is still running"
+        );
+
+        writer.commits.add_permits(2);
+        first.await.expect("task").expect("first row committed");
+        for write in waiting {
+            write.await.expect("task").expect("row committed");
+        }
+        assert_eq!(writer.begun(), 2);
+    }
+
+    #[tokio::test]
+    async fn one_transaction_at_a_time_when_only_one_may_run() {
+        let writer = held(1).await;
+        let first = writer.write();
+        writer.begun_reaches(1).await;
+        let waiting: Vec<_> = (0..OPEN_ANOTHER_AT * 2).map(|_| writer.write()).collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(writer.begun(), 1, "write_transactions = 1 is a limit");
+
+        writer.commits.add_permits(2);
+        first.await.expect("task").expect("first row committed");
+        for write in waiting {
+            write.await.expect("task").expect("row committed");
+        }
+        assert_eq!(writer.begun(), 2);
     }
 }

@@ -177,8 +177,9 @@ pub struct GraphConfig {
     /// A file holding the password, in place of `password`.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
-    /// Batched write transactions open at once (1 to 64). While they run,
-    /// the upserts of other events queue and go into the next one.
+    /// Most batched write transactions open at once (1 to 64). While one
+    /// runs, the upserts of other events queue for the next one; another
+    /// opens beside it only once 32 rows are waiting.
     #[serde(default = "default_write_transactions")]
     pub write_transactions: usize,
 }
