@@ -49,6 +49,8 @@ import nats
 import redis
 from nats.js.api import StorageType
 
+from ackwatch import AckWatch
+
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = ROOT / "target/wasm/wasm32-wasip2/wasm/story_transitions.wasm"
 SWITCHYARD = ROOT / "target/release/switchyard"
@@ -228,46 +230,6 @@ def rounded(value: float | None, digits: int = 2) -> float | None:
 
 
 # --- acks and publishes -------------------------------------------------------
-
-
-class AckWatch:
-    """Every ack of one stream, with the time it was seen, by stream sequence.
-
-    Ack subjects are ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream_seq>.
-    <consumer_seq>.<ts>.<pending>`` (9 tokens), or with a domain and an
-    account hash after ``ACK`` (11 or 12 tokens).
-    """
-
-    def __init__(self) -> None:
-        self.acked: dict[int, float] = {}
-        self.terms = 0
-        self.naks = 0
-        self.first: float | None = None
-        self.last: float | None = None
-        self.times: list[float] = []  # every first ack's time, in arrival order
-
-    async def on_ack(self, msg) -> None:
-        now = time.monotonic()
-        tokens = msg.subject.split(".")
-        if len(tokens) == 9:
-            sseq = int(tokens[5])
-        elif len(tokens) >= 11:
-            sseq = int(tokens[7])
-        else:
-            return
-        data = msg.data
-        if data == b"" or data.startswith(b"+ACK") or data.startswith(b"+TERM"):
-            if data.startswith(b"+TERM"):
-                self.terms += 1
-            if sseq not in self.acked:
-                self.acked[sseq] = now
-                self.times.append(now)
-                if self.first is None:
-                    self.first = now
-                self.last = now
-        elif data.startswith(b"-NAK"):
-            self.naks += 1
-        # +WPI (in progress) and +NXT settle nothing.
 
 
 class Publisher:
@@ -491,17 +453,14 @@ class Run:
         self.cache = redis.Redis.from_url(services.redis_url)
         self.next_stream = 1
         self.nc = None  # publishes and the JetStream API
-        self.watch_nc = None  # the ack subscription, on its own connection
 
     async def connect(self) -> None:
         self.nc = await nats.connect(self.services.nats_url)
-        self.watch_nc = await nats.connect(self.services.nats_url)
         self.js = self.nc.jetstream()
 
     async def close(self) -> None:
-        for nc in (self.nc, self.watch_nc):
-            if nc:
-                await nc.close()
+        if self.nc:
+            await self.nc.close()
 
     def point(
         self, variant: str, keyspace: int, graph: str, events: int, rates: list[int], warmup: int = 0
@@ -557,11 +516,7 @@ class Run:
         result["seed_s"] = round(time.monotonic() - t, 2)
 
         watch = AckWatch()
-        subs = [
-            await self.watch_nc.subscribe(f"$JS.ACK.{point.stream}.>", cb=watch.on_ack),
-            await self.watch_nc.subscribe(f"$JS.ACK.*.*.{point.stream}.>", cb=watch.on_ack),
-        ]
-        await self.watch_nc.flush()
+        await watch.start(self.services.python, point.stream, self.services.nats_url)
         publisher = Publisher(self.nc, point.subject)
         await publisher.start()
         base = dt.datetime.now(dt.timezone.utc)
@@ -592,8 +547,7 @@ class Run:
         finally:
             await stop(proc)
             await asyncio.sleep(0.3)  # the last acks of the shutdown
-            for sub in subs:
-                await sub.unsubscribe()
+            await watch.stop()
             await publisher.stop()
         result["background_keys_lost"] = point.keyspace - cache.dbsize()
         result["naks"] = watch.naks
@@ -703,6 +657,7 @@ class Run:
             stories = range(first, first + count)
             base = dt.datetime.now(dt.timezone.utc)
             sent_at: dict[int, float] = {}
+            sent_wall_ns: dict[int, int] = {}
             t0 = time.monotonic()
             k = 0
             while k < count:
@@ -711,6 +666,7 @@ class Run:
                     seed_stories(cache, range(first + k, first + due))
                     while k < due:
                         sent_at[first + k] = time.monotonic()
+                        sent_wall_ns[first + k] = time.time_ns()
                         await publisher.publish(first + k, payload(first + k, base))
                         k += 1
                 await asyncio.sleep(max(0.0, t0 + k / rate - time.monotonic()))
@@ -734,6 +690,16 @@ class Run:
                     unacked += 1
                     latencies.append((waited_until - sent_at[i]) * 1000)
             latencies.sort()
+            # The same latency in two legs, by the server's clock in between:
+            # publish to stored in the stream, stored to ack seen.
+            to_stored, stored_to_ack = [], []
+            for i in stories:
+                seq = publisher.seq_of.get(i)
+                if seq in watch.acked:
+                    to_stored.append((watch.stored_ns[seq] - sent_wall_ns[i]) / 1e6)
+                    stored_to_ack.append((watch.acked_wall_ns[seq] - watch.stored_ns[seq]) / 1e6)
+            to_stored.sort()
+            stored_to_ack.sort()
             # All acked, but long after the last publish: the consumer fell
             # behind during the run and caught up afterwards.
             last_ack = max((watch.acked.get(publisher.seq_of.get(i), 0.0) for i in stories), default=0.0)
@@ -746,6 +712,14 @@ class Run:
                 "p50_ms": rounded(percentile(latencies, 50)),
                 "p99_ms": rounded(percentile(latencies, 99)),
                 "p999_ms": rounded(percentile(latencies, 99.9)),
+                "publish_to_stored_ms": {
+                    "p50": rounded(percentile(to_stored, 50)),
+                    "p99": rounded(percentile(to_stored, 99)),
+                },
+                "stored_to_ack_ms": {
+                    "p50": rounded(percentile(stored_to_ack, 50)),
+                    "p99": rounded(percentile(stored_to_ack, 99)),
+                },
             }
             left, expected = await self._settle(point, watch, publisher, stories)
             run["keys_left"], run["keys_left_expected"] = left, expected
@@ -758,7 +732,8 @@ class Run:
             runs.append(run)
             log(
                 f"  {point.variant} @ {rate}/s: p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, "
-                f"p99.9 {run['p999_ms']} ms"
+                f"p99.9 {run['p999_ms']} ms (publish to stored p99 {run['publish_to_stored_ms']['p99']}, "
+                f"stored to ack p99 {run['stored_to_ack_ms']['p99']})"
                 + (f" (saturated: {unacked} of {count} not acked in time)" if unacked else "")
                 + (f" (behind: the last ack came {last_ack - last_publish:.1f}s after the last publish)" if behind else "")
             )

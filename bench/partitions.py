@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -146,7 +147,7 @@ async def point(n: int, hosts: int, args, work: Path) -> dict:
     await asyncio.gather(*pending)
 
     watch = driver.AckWatch()
-    sub = await nc.subscribe(f"$JS.ACK.{stream}.>", cb=watch.on_ack)
+    await watch.start(sys.executable, stream, args.nats_urls)
     for _ in range(hosts):
         start()
     share = -(-args.partitions // hosts)
@@ -169,7 +170,7 @@ async def point(n: int, hosts: int, args, work: Path) -> dict:
     cpu = sum(driver.cpu_seconds(p.pid) for p, _ in procs) - cpu_at_balance
     drained = len(watch.acked) - acked_at_balance
     window = max(watch.last - balanced, 1e-9)
-    await sub.unsubscribe()
+    await watch.stop()
     for proc, _ in procs:
         proc.terminate()
     for proc, _ in procs:
