@@ -109,6 +109,12 @@ pub async fn run_with(
         backends = connect_backends(&config, &health) => backends?,
         () = shutdown.cancelled() => return Ok(()),
     };
+    {
+        let backends = backends.clone();
+        metrics.on_scrape(move |metrics| {
+            metrics.backends(backends.cache.sweep_totals(), backends.graph.write_totals());
+        });
+    }
     let handlers: Vec<Arc<Handler>> = config
         .handlers
         .iter()

@@ -111,7 +111,14 @@ pub type Run = Arc<
 #[derive(Clone)]
 pub struct Batcher {
     rows: mpsc::UnboundedSender<Row>,
-    transactions: Arc<AtomicU64>,
+    totals: Arc<Totals>,
+}
+
+/// Transactions sent and rows committed, counted by the writing tasks.
+#[derive(Default)]
+struct Totals {
+    transactions: AtomicU64,
+    rows: AtomicU64,
 }
 
 impl Batcher {
@@ -119,15 +126,23 @@ impl Batcher {
     /// `in_flight` transactions at once (at least one).
     pub fn start(graph: Graph, run: Run, in_flight: usize) -> Self {
         let (rows, queue) = mpsc::unbounded_channel();
-        let transactions = Arc::new(AtomicU64::new(0));
+        let totals = Arc::new(Totals::default());
         let in_flight = in_flight.max(1);
-        tokio::spawn(batches(graph, run, queue, transactions.clone(), in_flight));
-        Batcher { rows, transactions }
+        tokio::spawn(batches(graph, run, queue, totals.clone(), in_flight));
+        Batcher { rows, totals }
     }
 
     /// Write transactions run so far.
     pub fn transactions(&self) -> u64 {
-        self.transactions.load(Ordering::Relaxed)
+        self.totals.transactions.load(Ordering::Relaxed)
+    }
+
+    /// Transactions sent and rows committed so far.
+    pub fn totals(&self) -> super::WriteTotals {
+        super::WriteTotals {
+            transactions: self.totals.transactions.load(Ordering::Relaxed),
+            rows: self.totals.rows.load(Ordering::Relaxed),
+        }
     }
 
     /// Queues one row and waits for its transaction.
@@ -148,7 +163,7 @@ async fn batches(
     graph: Graph,
     run: Run,
     mut queue: mpsc::UnboundedReceiver<Row>,
-    transactions: Arc<AtomicU64>,
+    totals: Arc<Totals>,
     in_flight: usize,
 ) {
     let slots = Arc::new(Semaphore::new(in_flight));
@@ -184,10 +199,10 @@ async fn batches(
                 () = &mut commit => break,
             }
         }
-        let (graph, run, transactions) = (graph.clone(), run.clone(), transactions.clone());
+        let (graph, run, totals) = (graph.clone(), run.clone(), totals.clone());
         let committed = committed.clone();
         tokio::spawn(async move {
-            write_batch(&graph, &run, batch, &transactions).await;
+            write_batch(&graph, &run, batch, &totals).await;
             drop(slot);
             committed.notify_waiters();
         });
@@ -204,7 +219,7 @@ fn take_queued(queue: &mut mpsc::UnboundedReceiver<Row>, batch: &mut Vec<Row>) {
     }
 }
 
-async fn write_batch(graph: &Graph, run: &Run, batch: Vec<Row>, transactions: &AtomicU64) {
+async fn write_batch(graph: &Graph, run: &Run, batch: Vec<Row>, totals: &Totals) {
     let mut groups: Vec<(Shape, Vec<Row>)> = Vec::new();
     let mut index: HashMap<Shape, usize> = HashMap::new();
     for row in batch {
@@ -217,25 +232,20 @@ async fn write_batch(graph: &Graph, run: &Run, batch: Vec<Row>, transactions: &A
         }
     }
     for (shape, rows) in groups {
-        write_group(graph, run, &shape, rows, transactions).await;
+        write_group(graph, run, &shape, rows, totals).await;
     }
 }
 
-async fn write_group(
-    graph: &Graph,
-    run: &Run,
-    shape: &Shape,
-    rows: Vec<Row>,
-    transactions: &AtomicU64,
-) {
+async fn write_group(graph: &Graph, run: &Run, shape: &Shape, rows: Vec<Row>, totals: &Totals) {
     let cypher = shape.cypher();
     // Halves of a refused group are tried on their own, down to single
     // rows: a few rows the server refuses cost a few transactions more,
     // not one per row.
     let mut pending = vec![rows];
     while let Some(rows) = pending.pop() {
-        match write_rows(graph, run, &cypher, &rows, transactions).await {
+        match write_rows(graph, run, &cypher, &rows, &totals.transactions).await {
             Ok(()) => {
+                totals.rows.fetch_add(rows.len() as u64, Ordering::Relaxed);
                 tracing::debug!(rows = rows.len(), ?shape, "graph batch committed");
                 for row in rows {
                     let _ = row.reply.send(Ok(()));

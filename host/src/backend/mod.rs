@@ -88,6 +88,26 @@ impl Swept {
     pub const MAX_KEYS_KEPT: usize = 10_000;
 }
 
+/// Running totals of a cache's shared sweeper, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepTotals {
+    /// Sweeps of the keyspace started.
+    pub sweeps: u64,
+    /// `delete_matching`/`find_matching` calls those sweeps served.
+    pub calls: u64,
+    /// Keys the sweeps read from the server.
+    pub keys_visited: u64,
+}
+
+/// Running totals of a graph's batched writes, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteTotals {
+    /// Write transactions sent (a retry counts again).
+    pub transactions: u64,
+    /// Upserts committed in them.
+    pub rows: u64,
+}
+
 /// A key-value cache with Valkey `SCAN` and `UNLINK` semantics.
 #[async_trait]
 pub trait CacheBackend: Send + Sync + 'static {
@@ -110,6 +130,11 @@ pub trait CacheBackend: Send + Sync + 'static {
 
     /// Whether the backend answers right now.
     async fn ping(&self) -> Result<(), BackendError>;
+
+    /// Its shared sweeper's totals; `None` for a backend without one.
+    fn sweep_totals(&self) -> Option<SweepTotals> {
+        None
+    }
 }
 
 /// A node's identity: its label and its `id` property.
@@ -146,6 +171,11 @@ pub trait GraphBackend: Send + Sync + 'static {
 
     /// Whether the backend answers right now.
     async fn ping(&self) -> Result<(), BackendError>;
+
+    /// Its batched writes' totals; `None` for a backend that does not batch.
+    fn write_totals(&self) -> Option<WriteTotals> {
+        None
+    }
 }
 
 /// The backends one handler's capabilities use.

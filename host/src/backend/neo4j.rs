@@ -283,4 +283,8 @@ impl GraphBackend for Neo4jGraph {
     async fn ping(&self) -> Result<(), BackendError> {
         timed(self.graph.run(query("RETURN 1"))).await
     }
+
+    fn write_totals(&self) -> Option<super::WriteTotals> {
+        Some(self.batcher.totals())
+    }
 }

@@ -133,6 +133,16 @@ impl Sweeper {
         &self.stats
     }
 
+    /// The totals as of now.
+    pub fn totals(&self) -> super::SweepTotals {
+        use std::sync::atomic::Ordering::Relaxed;
+        super::SweepTotals {
+            sweeps: self.stats.sweeps.load(Relaxed),
+            calls: self.stats.callers.load(Relaxed),
+            keys_visited: self.stats.keys_visited.load(Relaxed),
+        }
+    }
+
     /// `delete_matching` on this sweeper's keyspace: exact keys are
     /// unlinked by name with `unlink` (no sweep), the other patterns by
     /// the next sweep, both at once. A key named exactly and also matched

@@ -342,4 +342,8 @@ impl CacheBackend for ValkeyCache {
             .map_err(|e| classify(&e))?;
         Ok(())
     }
+
+    fn sweep_totals(&self) -> Option<super::SweepTotals> {
+        Some(self.sweeper.totals())
+    }
 }

@@ -11,9 +11,11 @@
 //! backend call, `cache.scan`), `digest`. Times are in seconds.
 //!
 //! Beside them: `switchyard_build_info`, the instance pool
-//! (`switchyard_instances_in_use`, `_max`, wait time per handler) and the
-//! standard `process_*` series, read from `/proc` at each scrape.
+//! (`switchyard_instances_in_use`, `_max`, wait time per handler), how the
+//! backends share their work (sweeps, write transactions: [`batching`]),
+//! and the standard `process_*` series, read from `/proc` at each scrape.
 
+mod batching;
 mod process;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -119,6 +121,7 @@ pub struct Metrics {
     pub instances_in_use: Gauge,
     pub instances_max: Gauge,
     process: process::Process,
+    batching: batching::Batching,
     /// Run before each scrape, to read what lives elsewhere (the pool).
     on_scrape: std::sync::Mutex<Vec<Scrape>>,
     pub reloads: Family<ResultLabels, Counter>,
@@ -153,6 +156,7 @@ impl Metrics {
         let mut root = Registry::default();
         let process = process::Process::register(&mut root);
         let registry = root.sub_registry_with_prefix("switchyard");
+        let batching = batching::Batching::register(registry);
         let build = Family::<BuildLabels, Gauge>::default();
         registry.register(
             "build_info",
@@ -304,6 +308,7 @@ impl Metrics {
             instances_in_use,
             instances_max,
             process,
+            batching,
             on_scrape: std::sync::Mutex::new(Vec::new()),
             reloads,
             plugin,
@@ -504,6 +509,15 @@ impl Metrics {
         self.lease_held
             .get_or_create(&handler(name))
             .set(held as i64);
+    }
+
+    /// The backends' shared work as of now.
+    pub fn backends(
+        &self,
+        sweeps: Option<crate::backend::SweepTotals>,
+        writes: Option<crate::backend::WriteTotals>,
+    ) {
+        self.batching.refresh(sweeps, writes);
     }
 
     /// The instance pool as of now: `in_use` of `max` slots taken.

@@ -400,7 +400,10 @@ async fn seed_scenario_shows_fifty_acks_fifty_keys_deleted_and_fifty_upserts_in_
                     || line.starts_with("switchyard_host_call_errors")
                     || line.starts_with("switchyard_faults")
                     || line.starts_with("switchyard_plugin_info")
-                    || line.starts_with("switchyard_consumer"))
+                    || line.starts_with("switchyard_consumer")
+                    || line.starts_with("switchyard_cache_sweep")
+                    || line.starts_with("switchyard_graph_transactions")
+                    || line.starts_with("switchyard_graph_rows"))
         })
         .collect();
     eprintln!("/metrics after the seed scenario:\n{}", excerpt.join("\n"));
@@ -424,6 +427,29 @@ async fn seed_scenario_shows_fifty_acks_fifty_keys_deleted_and_fifty_upserts_in_
         format!("switchyard_event_duration_seconds_count{{handler=\"{HANDLER}\"}}");
     assert!(
         sample(&metrics, &duration_count).unwrap_or_default() >= 50.0,
+        "{metrics}"
+    );
+    // The shared work: every upsert committed in batched transactions,
+    // every invalidation served by a sweep, no more sweeps than calls.
+    let value = |name: &str| sample(&metrics, name).unwrap_or_default();
+    assert_eq!(
+        value("switchyard_graph_rows_written_total"),
+        50.0,
+        "{metrics}"
+    );
+    let transactions = value("switchyard_graph_transactions_total");
+    assert!((1.0..=50.0).contains(&transactions), "{metrics}");
+    let (sweeps, calls) = (
+        value("switchyard_cache_sweeps_total"),
+        value("switchyard_cache_sweep_calls_total"),
+    );
+    assert_eq!(
+        calls, 50.0,
+        "one delete-matching sweep call per event:\n{metrics}"
+    );
+    assert!((1.0..=calls).contains(&sweeps), "{metrics}");
+    assert!(
+        value("switchyard_cache_sweep_keys_visited_total") >= 1.0,
         "{metrics}"
     );
     let dead = format!("switchyard_dead_letters_total{{handler=\"{HANDLER}\"}}");

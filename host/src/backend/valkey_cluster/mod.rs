@@ -429,4 +429,8 @@ impl CacheBackend for ValkeyClusterCache {
         futures::future::try_join_all(pings).await?;
         Ok(())
     }
+
+    fn sweep_totals(&self) -> Option<super::SweepTotals> {
+        Some(self.sweeper.totals())
+    }
 }
