@@ -42,6 +42,7 @@ import socket
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -302,6 +303,7 @@ class Point:
     n: int  # stream number
     warmup: int = 0  # acks before the rate window opens (see Profile.warmup)
     result: dict = field(default_factory=dict)
+    http_port: int | None = None  # a Switchyard variant's /metrics
 
     @property
     def backlog(self) -> int:
@@ -431,7 +433,8 @@ def command(point: Point, services: Services, work: Path) -> list[str]:
         plugin = PLUGIN
         binary = SWITCHYARD
     config = work / f"{point.stream}.toml"
-    config.write_text(config_toml(point, services, str(plugin), free_port()))
+    point.http_port = free_port()
+    config.write_text(config_toml(point, services, str(plugin), point.http_port))
     return [str(binary), "serve", "--config", str(config)]
 
 
@@ -544,6 +547,11 @@ class Run:
                 log(f"  {point.variant}: {left} story keys left after the drain, only {expected} expected")
             await self._latency_runs(point, result, watch, publisher)
             result["rss_mib"] = peak_rss_mib(proc.pid)
+            if point.http_port:
+                work = await asyncio.to_thread(shared_work, point.http_port)
+                if work:
+                    result["shared_work"] = work
+                    log(f"  {point.variant}: shared work {work}")
         finally:
             await stop(proc)
             await asyncio.sleep(0.3)  # the last acks of the shutdown
@@ -751,6 +759,37 @@ async def stop(proc) -> None:
     except asyncio.TimeoutError:
         proc.kill()
         await proc.wait()
+
+
+# The host's own counters of shared work, read from /metrics at a point's end.
+SHARED_WORK = {
+    "graph_transactions": "switchyard_graph_transactions_total",
+    "graph_rows_written": "switchyard_graph_rows_written_total",
+    "cache_sweeps": "switchyard_cache_sweeps_total",
+    "cache_sweep_calls": "switchyard_cache_sweep_calls_total",
+}
+
+
+def shared_work(port: int) -> dict | None:
+    """How the host shared its backend work over the whole point: upserts
+    per graph transaction and invalidations per sweep."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        for key, series in SHARED_WORK.items():
+            if name == series:
+                values[key] = float(value)
+    out = {k: int(v) for k, v in values.items()}
+    if values.get("graph_transactions"):
+        out["rows_per_transaction"] = round(values["graph_rows_written"] / values["graph_transactions"], 2)
+    if values.get("cache_sweeps"):
+        out["calls_per_sweep"] = round(values["cache_sweep_calls"] / values["cache_sweeps"], 2)
+    return out
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -997,8 +1036,8 @@ def markdown(results: dict) -> str:
         out += rows_table(results["memory_graph"]) + [""]
     if results["latency"]:
         out += ["## Latency at fixed publish rates", "",
-                "| variant | graph | rate /s | achieved /s | p50 ms | p99 ms | p99.9 ms | note |",
-                "|---|---|---:|---:|---:|---:|---:|---|"]
+                "| variant | graph | rate /s | achieved /s | p50 ms | p99 ms | p99.9 ms | p99 to stored | p99 stored to ack | note |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         for x in results["latency"]:
             note = x.get("skipped") or (
                 "saturated: lower bounds" if x.get("saturated")
@@ -1006,7 +1045,8 @@ def markdown(results: dict) -> str:
             )
             out.append(
                 f"| {x['variant']} | {x['graph']} | {fmt(x['rate'])} | {fmt(x.get('achieved_rate'))} | "
-                f"{fmt(x.get('p50_ms'))} | {fmt(x.get('p99_ms'))} | {fmt(x.get('p999_ms'))} | {note} |"
+                f"{fmt(x.get('p50_ms'))} | {fmt(x.get('p99_ms'))} | {fmt(x.get('p999_ms'))} | "
+                f"{fmt(x.get('publish_to_stored_ms', {}).get('p99'))} | {fmt(x.get('stored_to_ack_ms', {}).get('p99'))} | {note} |"
             )
         out.append("")
     if results["scale"]:
@@ -1029,6 +1069,24 @@ def markdown(results: dict) -> str:
             note = "; ".join(notes)
             out.append(
                 f"| {x['variant']} | {fmt(x['keyspace'])} | {fmt(x['events_per_s'])} | {fmt(x['p99_ms'])} | {note} |"
+            )
+        out.append("")
+    shared = [x for x in results["points"] if x.get("shared_work")]
+    if shared:
+        out += [
+            "## Shared work (the host's own counters over each point)",
+            "",
+            "Invalidations served per sweep of the keyspace, and upserts per graph write transaction,",
+            "over the whole point (drain and rate runs).",
+            "",
+            "| variant | graph | keyspace | calls per sweep | sweeps | rows per transaction | transactions |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for x in shared:
+            w = x["shared_work"]
+            out.append(
+                f"| {x['variant']} | {x['graph']} | {fmt(x['keyspace'])} | {fmt(w.get('calls_per_sweep'))} | "
+                f"{fmt(w.get('cache_sweeps'))} | {fmt(w.get('rows_per_transaction'))} | {fmt(w.get('graph_transactions'))} |"
             )
         out.append("")
     if results["keys_left"]:
