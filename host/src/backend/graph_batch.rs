@@ -22,8 +22,8 @@
 //! next batch starts when it commits (its rows are then the next batch) or
 //! as soon as [`OPEN_ANOTHER_AT`] rows are waiting, whichever comes first.
 //! A light load thus runs one transaction at a time of everything that
-//! arrived during the last commit, and a heavy one opens up to `in_flight`
-//! (`graph.write_transactions`) at once, each of at least that many rows.
+//! arrived during the last commit, and a heavy one opens more beside it,
+//! up to `in_flight` (`graph.write_transactions`) at once.
 
 use std::collections::HashMap;
 use std::future::Future;
